@@ -1,0 +1,360 @@
+"""Speed and memory of the metrics: the setup of Czolbe et al. 2020, Table 1.
+
+    python -m eval.benchmark_metrics --threads=1                     # ours and dm_pix only
+    python -m eval.benchmark_metrics --threads=1 \\
+        --peers-python=/work/main/.venv-ref/bin/python               # + pytorch_msssim and piq
+    python -m eval.benchmark_metrics --losses l2 ssim gmsd --runs=30
+
+Setup: B=128 images of 64x64, grey (C=1) and colour (C=3), and MS-SSIM on B=32 of 192x192;
+float32; forward plus the gradient w.r.t. the input y (x is the reference); jitted; timed after a
+warm-up call. Every `perceptual.LOSSES` entry that takes the channel count is timed, plus l1/l2;
+`ratio` is its median time over L2's in the same run. Times are milliseconds per iteration, the
+median and the best of `--runs`, wall clock and process CPU time (CPU time is the fairer figure
+on a loaded machine).
+
+Peers run in the same interleaved loop (ours, then each peer, every repetition): dm_pix in this
+process; pytorch_msssim and piq in a subprocess of `--peers-python` (torch lives in another venv),
+which serves one timed call per request, so both sides see the same load. `speed-up` is the peer's
+median over ours. The authors' Watson-DFT is not re-implemented here (its column is absent).
+
+Peak memory: ours is XLA's compiled `memory_analysis()` (arguments + outputs + temporaries:
+exactly what the executable allocates). A torch peer's figure (marked *) is the growth of the
+server process's peak resident set (`ru_maxrss`) over its first call of that case: an upper
+bound that includes allocator slack, and 0 when an earlier, larger case already set the peak
+(run one case per process with `--losses` for a clean figure).
+
+`--threads=1` sets XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+before jax is imported and `torch.set_num_threads(1)` in the peer.
+"""
+
+import os
+import sys
+
+
+def _set_threads_before_jax(argv: list[str]) -> int:
+  """`--threads=1` must reach XLA before jax is imported: flags are read once."""
+  threads = 0
+  for arg in argv:
+    if arg.startswith("--threads="):
+      threads = int(arg.split("=", 1)[1])
+  if threads == 1:
+    os.environ["XLA_FLAGS"] = (
+      os.environ.get("XLA_FLAGS", "")
+      + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    ).strip()
+  return threads
+
+
+_THREADS = _set_threads_before_jax(sys.argv)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import perceptual  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STUBS = os.path.join(ROOT, "tools", "golden", "stubs")
+SKIP_BY_DEFAULT = ("lpips_alex", "lpips_vgg", "deepsim")  # pretrained nets: minutes per case
+
+# The peer side: a tiny server run by --peers-python. One JSON request per line:
+# {"case": [name, b, h, c]} -> {"ms": wall, "cpu_ms": cpu} for one forward + backward call.
+PEER_SERVER = r"""
+import json, os, resource, sys, time
+sys.path.insert(0, os.environ["STUBS"])
+import torch
+if os.environ.get("THREADS") == "1":
+  torch.set_num_threads(1)
+import pytorch_msssim, piq
+def make(name, b, h, c):
+  g = torch.Generator().manual_seed(0)
+  x = torch.rand(b, c, h, h, generator=g)
+  y = torch.rand(b, c, h, h, generator=g).requires_grad_(True)
+  if name == "pytorch_msssim.ssim":
+    f = lambda: 1 - pytorch_msssim.ssim(x, y, data_range=1.0, size_average=False)
+  elif name == "pytorch_msssim.ms_ssim":
+    f = lambda: 1 - pytorch_msssim.ms_ssim(x, y, data_range=1.0, size_average=False)
+  elif name == "piq.gmsd":
+    f = lambda: piq.gmsd(x, y, data_range=1.0, reduction="none")
+  else:
+    raise KeyError(name)
+  def step():
+    y.grad = None
+    f().sum().backward()
+  return step
+cache = {}
+for line in sys.stdin:
+  req = json.loads(line)
+  if "versions" in req:
+    out = {"torch": torch.__version__, "piq": piq.__version__,
+           "pytorch_msssim": getattr(pytorch_msssim, "__version__", "?")}
+  else:
+    key = tuple(req["case"])
+    if key not in cache:
+      cache[key] = make(*key)
+      before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+      cache[key]()
+      cache[key + ("rss",)] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    w, c = time.perf_counter(), time.process_time()
+    cache[key]()
+    out = {"ms": (time.perf_counter() - w) * 1e3, "cpu_ms": (time.process_time() - c) * 1e3,
+           "rss_growth_mb": cache[key + ("rss",)]}
+  print(json.dumps(out), flush=True)
+"""
+
+PEERS = {  # our registry name -> peer implementations of the same metric
+  "ssim": ("pytorch_msssim.ssim", "dm_pix.ssim"),
+  "ms_ssim": ("pytorch_msssim.ms_ssim",),
+  "gmsd": ("piq.gmsd",),
+}
+# Median ms measured on this CPU, one core, before this library (issue 2), grey / colour.
+PEERS_TODAY = (
+  "SSIM pytorch_msssim 315 / 194, dm_pix 294 / 967; GMSD piq 19 / 46; authors' Watson-DFT 71 / 262;"
+  " MS-SSIM B=32 192x192 pytorch_msssim 1692 / 1588"
+)
+
+
+class Peers:
+  """The torch peers in a subprocess, one timed call per request."""
+
+  def __init__(self, python: str):
+    env = dict(os.environ, STUBS=STUBS, THREADS=str(_THREADS))
+    self.proc = subprocess.Popen(
+      [python, "-c", PEER_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
+    )
+
+  def ask(self, request: dict) -> dict:
+    self.proc.stdin.write(json.dumps(request) + "\n")
+    self.proc.stdin.flush()
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError("the peer subprocess died; run it by hand to see its error.")
+    return json.loads(line)
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
+def _ours(name: str):
+  if name in ("l1", "l2"):
+    return {"l1": perceptual.mae, "l2": perceptual.mse}[name], None
+  loss = perceptual.LOSSES[name]
+  return loss, loss
+
+
+def _jitted(name: str, channels: int):
+  """(timed call, its memory in MB) of loss `name`: forward + grad w.r.t. y, jitted."""
+  fn, loss = _ours(name)
+  params = loss.params(channels) if loss is not None else None
+
+  def value_and_grad(y, x, params):
+    if loss is None:
+      return jax.value_and_grad(lambda y: jnp.sum(fn(x, y)))(y)
+    return jax.value_and_grad(lambda y: jnp.sum(loss(x, y, params=params)))(y)
+
+  return jax.jit(value_and_grad), params
+
+
+def _dm_pix_ssim():
+  import dm_pix
+
+  return jax.jit(jax.value_and_grad(lambda y, x, _: jnp.sum(1.0 - dm_pix.ssim(x, y))))
+
+
+def _memory_mb(compiled) -> float:
+  m = compiled.memory_analysis()
+  total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+  return total / 2**20
+
+
+def _cpu_s(call) -> float:
+  c = time.process_time()
+  jax.block_until_ready(call())
+  return time.process_time() - c
+
+
+def _time(call) -> tuple[float, float]:
+  w, c = time.perf_counter(), time.process_time()
+  jax.block_until_ready(call())
+  return (time.perf_counter() - w) * 1e3, (time.process_time() - c) * 1e3
+
+
+def machine_rates() -> tuple[float, float]:
+  """Achievable FLOP/s (a chain of FMAs on an L2-resident array) and copy bytes/s, by CPU time.
+
+  Process CPU time, best of several calls: on a loaded machine wall time measures the queue. With
+  all threads it sums the cores, so the rate is per core-second either way.
+  """
+  x = jnp.linspace(0.0, 1.0, 1 << 15, dtype=jnp.float32)
+
+  @jax.jit
+  def fmas(x):
+    for _ in range(256):
+      x = x * 0.999 + 0.001
+    return x
+
+  jax.block_until_ready(fmas(x))
+  best = min(_cpu_s(lambda: fmas(x)) for _ in range(20))
+  flops = 2 * 256 * x.size / best
+  big = jnp.ones((1 << 26,), jnp.float32)  # 256 MB
+  copy = jax.jit(lambda a: a + 1.0)
+  jax.block_until_ready(copy(big))
+  best = min(_cpu_s(lambda: copy(big)) for _ in range(5))
+  return flops, 2 * big.nbytes / best
+
+
+def ssim_flops_per_pixel(taps: int = 11) -> int:
+  """FLOPs per pixel of SSIM value + gradient with separable filters (4 statistics).
+
+  Forward: 4 planes x 2 passes x taps FMAs (2 FLOPs) + ~25 elementwise; backward: the same filter
+  work transposed + ~40 elementwise (cotangents of the 4 statistics and of x^2 + y^2, xy).
+  """
+  filters = 4 * 2 * taps * 2
+  return 2 * filters + 25 + 40
+
+
+def main(argv: list[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--threads", type=int, default=0, help="1: one core (set before imports)")
+  parser.add_argument("--runs", type=int, default=15, help="timed repetitions per case")
+  parser.add_argument("--losses", nargs="*", default=None, help="default: all but deep nets")
+  parser.add_argument("--peers-python", default="", help="python of a venv with torch peers")
+  parser.add_argument("--no-ms-ssim-case", action="store_true")
+  args = parser.parse_args(argv)
+
+  names = args.losses or ["l1", "l2"] + [n for n in perceptual.LOSSES if n not in SKIP_BY_DEFAULT]
+  if "l2" not in names:
+    names = ["l2"] + names
+  peers = Peers(args.peers_python) if args.peers_python else None
+  print(f"jax {jax.__version__}, {jax.devices()[0].platform}, {platform.processor() or '?'}")
+  print(
+    f"threads: {'1 (XLA_FLAGS=' + os.environ['XLA_FLAGS'] + ')' if _THREADS == 1 else 'all'}; "
+    f"cpus {os.cpu_count()}; load average {os.getloadavg()}"
+  )
+  if peers:
+    print(f"peers: {peers.ask({'versions': 1})} via {args.peers_python}")
+  try:
+    import dm_pix
+
+    print(f"dm_pix {getattr(dm_pix, '__version__', '?')} (in process)")
+  except ImportError:
+    dm_pix = None
+
+  cases = [(128, 64, 1), (128, 64, 3)]
+  if not args.no_ms_ssim_case:
+    cases += [(32, 192, 1), (32, 192, 3)]
+  rng = np.random.default_rng(0)
+  rows = []
+  for b, h, c in cases:
+    x = jnp.asarray(rng.random((b, h, h, c), np.float32))
+    y = jnp.asarray(rng.random((b, h, h, c), np.float32))
+    if h == 192:
+      case_names = [n for n in ("l2", "ms_ssim") if n in names]
+    else:
+      case_names = [n for n in names if n in ("l1", "l2") or c in perceptual.LOSSES[n].channels]
+    contenders = {}  # label -> (call, memory MB or None, metric)
+    for name in case_names:
+      f, params = _jitted(name, c)
+      compiled = f.lower(y, x, params).compile()
+      contenders[name] = ((lambda f=f, p=params, x=x, y=y: f(y, x, p)), _memory_mb(compiled), name)
+      for peer in PEERS.get(name, ()) if name != "ms_ssim" or h > 160 else ():
+        if peer == "dm_pix.ssim" and dm_pix is not None:
+          g = _dm_pix_ssim()
+          mem = _memory_mb(g.lower(y, x, None).compile())
+          contenders[peer] = ((lambda g=g, x=x, y=y: g(y, x, None)), mem, name)
+        elif peers and peer.startswith(("pytorch_msssim", "piq")):
+          request = {"case": [peer, b, h, c]}
+          contenders[peer] = ((lambda r=request: peers.ask(r)), None, name)
+    times = {label: [] for label in contenders}
+    peer_mem = {}
+    for label, (call, _, _) in contenders.items():  # warm-up (compile, caches)
+      out = call()
+      if isinstance(out, dict):
+        peer_mem[label] = out["rss_growth_mb"]
+      else:
+        jax.block_until_ready(out)
+    for _ in range(args.runs):  # interleaved: every contender once per repetition
+      for label, (call, _, _) in contenders.items():
+        if label in peer_mem:
+          out = call()
+          times[label].append((out["ms"], out["cpu_ms"]))
+        else:
+          times[label].append(_time(call))
+    l2 = np.median([t[0] for t in times["l2"]])
+    for label, (_, mem, metric) in contenders.items():
+      t = np.array(times[label])
+      rows.append(
+        dict(
+          case=f"B={b} {h}x{h}x{c}",
+          label=label,
+          metric=metric,
+          channels=c,
+          med=float(np.median(t[:, 0])),
+          best=float(t[:, 0].min()),
+          cpu=float(np.median(t[:, 1])),
+          ratio=float(np.median(t[:, 0]) / l2),
+          mem=mem if mem is not None else peer_mem.get(label),
+          mem_kind="xla" if mem is not None else "rss",
+        )
+      )
+  if peers:
+    peers.close()
+  _print_table(rows, args)
+
+
+def _print_table(rows: list[dict], args) -> None:
+  print()
+  print(f"ms per iteration (forward + grad w.r.t. y), {args.runs} interleaved runs; ratio = /L2")
+  header = (
+    f"{'case':18s} {'loss / peer':24s} {'wall med':>9s} {'best':>8s} {'cpu med':>8s} "
+    f"{'ratio':>6s} {'mem MB':>8s} {'speed-up wall / cpu':>19s}"
+  )
+  print(header)
+  print("-" * len(header))
+  ours = {(r["case"], r["label"]): r for r in rows if r["label"] == r["metric"]}
+  for r in rows:
+    speedup = ""
+    if r["label"] != r["metric"]:
+      mine = ours[(r["case"], r["metric"])]
+      speedup = f"{r['med'] / mine['med']:7.1f}x {r['cpu'] / mine['cpu']:7.1f}x"
+    mem = (
+      f"{r['mem']:7.1f}{'*' if r['mem_kind'] == 'rss' else ' '}"
+      if r["mem"] is not None
+      else "      -"
+    )
+    print(
+      f"{r['case']:18s} {r['label']:24s} {r['med']:9.1f} {r['best']:8.1f} {r['cpu']:8.1f} "
+      f"{r['ratio']:6.2f} {mem} {speedup:>19s}"
+    )
+  print(
+    "mem: XLA memory_analysis (args + outputs + temps); * = peer ru_maxrss growth (upper bound)"
+  )
+  flops, bandwidth = machine_rates()
+  per_pixel = ssim_flops_per_pixel()
+  print()
+  print(
+    f"machine probe: {flops / 1e9:.1f} GFLOP/s (FMA chain, in cache), "
+    f"{bandwidth / 1e9:.1f} GB/s copy"
+  )
+  for r in rows:
+    if r["label"] in ("ssim", "ms_ssim") and r["case"].endswith("x1"):
+      b, side = (128, 64) if "64x64" in r["case"] else (32, 192)
+      pixels = b * side * side * (4 / 3 if r["label"] == "ms_ssim" else 1)
+      bound = per_pixel * pixels / flops * 1e3
+      print(
+        f"{r['label']} grey {r['case']}: {per_pixel} FLOP/pixel x {pixels:.0f} px = "
+        f"{per_pixel * pixels / 1e6:.0f} MFLOP -> bound {bound:.1f} ms; measured best "
+        f"{r['best']:.1f} ms wall, {r['cpu']:.1f} ms CPU ({r['cpu'] / bound:.1f}x the bound by CPU)"
+      )
+  print(f"peers measured before this library (median ms, one core, grey / colour): {PEERS_TODAY}")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

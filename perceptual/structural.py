@@ -1,0 +1,278 @@
+"""Structural similarity: SSIM, its map, and multi-scale SSIM.
+
+All functions take a reference `x` and a distorted image `y`, float `[B, H, W, C]` in
+`[0, max_val]` (half precision is promoted: every statistic is computed in float32), and return
+one similarity per image, `[B]`, 1 for identical images (exactly, and never above 1). They are
+similarities: use `1 - ssim(x, y)` as a loss. Conventions of Wang et al. 2004: Gaussian window,
+population (biased) covariance, 'valid' filtering, mean over pixels, then over channels; they
+match scikit-image (`gaussian_weights=True, sigma=1.5, use_sample_covariance=False`), dm_pix and
+pytorch_msssim.
+
+Values outside `[0, max_val]` are used as they are (nothing is clipped); the result stays finite
+and at most 1, but the constants `(k * max_val)^2` no longer have their intended scale.
+
+The five local statistics (means, variances, covariance) come from four filtered planes,
+x, y, x^2 + y^2 and xy (SSIM only needs the sum of the variances), filtered in one pass.
+
+Gradients are defined for `grad`/`vjp` (the filter has a custom VJP), not for forward-mode `jvp`.
+"""
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from perceptual import checks, filters
+
+# Wang et al. 2003, Table 1: exponents of the five scales, finest first.
+WANG_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+# Snell et al. 2017 weight every scale and component equally. We take that as exponent 1/M for
+# each of the M scales (5 here): a geometric mean, with exponents summing to 1 like Wang's, so
+# values stay comparable. Snell et al.'s formula with all exponents 1 is this value to the power M
+# (same ordering, same maximiser). Fewer scales: `weights=(1 / 3,) * 3`.
+EQUAL_WEIGHTS = (0.2,) * 5
+
+
+def ssim(
+  x: jax.Array,
+  y: jax.Array,
+  *,
+  max_val: float = 1.0,
+  filter_size: int = 11,
+  filter_sigma: float = 1.5,
+  k1: float = 0.01,
+  k2: float = 0.03,
+  padding: str = "VALID",
+) -> jax.Array:
+  """Structural similarity index per image.
+
+  References:
+    Wang, Bovik, Sheikh, Simoncelli, "Image quality assessment: from error visibility to
+    structural similarity", IEEE TIP 2004.
+
+  Args:
+    x: reference images `[B, H, W, C]` in `[0, max_val]`.
+    y: distorted images, same shape.
+    max_val: the dynamic range (1.0 for `[0, 1]` images, 255.0 for 8-bit values).
+    filter_size: taps of the Gaussian window (odd); images need at least this many pixels per
+      side with padding="VALID".
+    filter_sigma: standard deviation of the Gaussian window in pixels.
+    k1: luminance constant, C1 = (k1 * max_val)^2.
+    k2: contrast constant, C2 = (k2 * max_val)^2.
+    padding: "VALID" (the SSIM map shrinks by filter_size - 1, as in the paper and every
+      reference) or "SAME" (zero padding, map as large as the image: the SSIM loss of
+      pytorch-ssim by Po-Hsun Su, used by Czolbe et al. 2020).
+
+  Returns:
+    Mean SSIM per image, `[B]`, in [-1, 1].
+  """
+  return jnp.mean(
+    ssim_map(
+      x,
+      y,
+      max_val=max_val,
+      filter_size=filter_size,
+      filter_sigma=filter_sigma,
+      k1=k1,
+      k2=k2,
+      padding=padding,
+    ),
+    axis=(1, 2, 3),
+  )
+
+
+def ssim_map(
+  x: jax.Array,
+  y: jax.Array,
+  *,
+  max_val: float = 1.0,
+  filter_size: int = 11,
+  filter_sigma: float = 1.5,
+  k1: float = 0.01,
+  k2: float = 0.03,
+  padding: str = "VALID",
+) -> jax.Array:
+  """Local SSIM values: the map `ssim` averages.
+
+  Args:
+    x, y, max_val, filter_size, filter_sigma, k1, k2, padding: as in `ssim`.
+
+  Returns:
+    The SSIM map `[B, H', W', C]`: H' = H - filter_size + 1 with padding="VALID", H with "SAME".
+  """
+  x, y = _checked(x, y, "ssim", filter_size, padding, scales=1)
+  lum, cs = _ssim_terms(x, y, max_val, filter_size, filter_sigma, k1, k2, padding)
+  b, _, _, c = x.shape
+  return _at_most_one(lum * cs).reshape(b, lum.shape[1], -1, c)
+
+
+def ms_ssim(
+  x: jax.Array,
+  y: jax.Array,
+  *,
+  max_val: float = 1.0,
+  filter_size: int = 11,
+  filter_sigma: float = 1.5,
+  k1: float = 0.01,
+  k2: float = 0.03,
+  weights: Sequence[float] | str = WANG_WEIGHTS,
+  normalize: str = "relu",
+  padding: str = "VALID",
+) -> jax.Array:
+  """Multi-scale structural similarity per image.
+
+  At each of the M = len(weights) scales the contrast-structure term cs (mean over pixels) is
+  computed, then both images are 2x2 average pooled; odd sizes are first zero-padded by one row
+  or column at the start, and the zeros averaged in, as pytorch_msssim's `avg_pool2d(...,
+  padding=size % 2)` does (size ceil(H / 2)). At the coarsest scale the full SSIM is used. The
+  result is prod_j term_j^weights_j per channel, then the mean over channels (as pytorch_msssim
+  and TensorFlow).
+
+  References:
+    Wang, Simoncelli, Bovik, "Multiscale structural similarity for image quality assessment",
+    Asilomar 2003.
+    Snell et al., "Learning to generate images with perceptual similarity metrics", ICIP 2017
+    (equal weights: `weights="equal"`).
+
+  Args:
+    x: reference images `[B, H, W, C]` in `[0, max_val]`; with padding="VALID" at least
+      (filter_size - 1) * 2^(M - 1) + 1 pixels per side (161 for the defaults).
+    y: distorted images, same shape.
+    max_val, filter_size, filter_sigma, k1, k2, padding: as in `ssim`.
+    weights: exponents of the scales, finest first; their number is the number of scales, so
+      32-64 pixel images work with 2-3 scales (e.g. `WANG_WEIGHTS[:3]`). "equal" is
+      `EQUAL_WEIGHTS` (Snell et al.: every scale weighted 1/5).
+    normalize: how terms below zero (anti-correlated structure) are kept out of the fractional
+      powers, where they would give NaN: "relu" (default) maps them to 0, as pytorch_msssim and
+      TensorFlow do, so the values match theirs; "simple" maps every term t to (t + 1) / 2 first,
+      as torchmetrics' `normalize="simple"`, which keeps a gradient for anti-correlated images.
+      Either way the derivative of t^w is taken as 0 at t <= 0 and bounded near 0 (see
+      `_pow_nonneg`), so gradients stay finite.
+
+  Returns:
+    MS-SSIM per image, `[B]`, in [0, 1].
+  """
+  if isinstance(weights, str):
+    if weights != "equal":
+      raise ValueError(f'weights must be a sequence of exponents or "equal", got {weights!r}.')
+    weights = EQUAL_WEIGHTS
+  weights = tuple(float(w) for w in weights)
+  if not weights or min(weights) < 0:
+    raise ValueError(f"weights must be one or more exponents >= 0, got {weights}.")
+  if normalize not in ("relu", "simple"):
+    raise ValueError(f'normalize must be "relu" or "simple", got {normalize!r}.')
+  x, y = _checked(x, y, "ms_ssim", filter_size, padding, scales=len(weights))
+  terms = []
+  for scale in range(len(weights)):
+    if scale:
+      x, y = filters.avg_pool(x, 2, odd="pad"), filters.avg_pool(y, 2, odd="pad")
+    lum, cs = _ssim_terms(x, y, max_val, filter_size, filter_sigma, k1, k2, padding)
+    last = scale == len(weights) - 1
+    terms.append(_channel_mean(_at_most_one(lum * cs if last else cs), x.shape[-1]))  # [B, C]
+  value = 1.0
+  for term, w in zip(terms, weights, strict=True):
+    if normalize == "simple":
+      term = (term + 1.0) / 2.0
+    value = value * _pow_nonneg(term, w)
+  return jnp.mean(value, axis=-1)
+
+
+def _checked(x, y, metric: str, filter_size: int, padding: str, scales: int):
+  """Validates the pair and the options; the size check says the minimum and how to go below."""
+  x, y = checks.as_image_pair(x, y, metric=metric)
+  if padding not in ("VALID", "SAME"):
+    raise ValueError(f'{metric}: padding must be "VALID" or "SAME", got {padding!r}.')
+  if filter_size < 1 or filter_size % 2 == 0:
+    raise ValueError(f"{metric}: filter_size must be odd, got {filter_size}; e.g. 11 or 7.")
+  reach = filter_size - 1 if padding == "VALID" else 0
+  min_size = reach * 2 ** (scales - 1) + 1
+  if scales > 1:
+    hint = (
+      f"With filter_size={filter_size} and {scales} scales; pass fewer weights (each halves the "
+      "minimum, e.g. weights=WANG_WEIGHTS[:3]) or a smaller filter_size."
+    )
+  else:
+    hint = f'Pass a smaller filter_size (now {filter_size}) or padding="SAME".'
+  checks.check_min_size(x, min_size, metric=metric, hint=hint)
+  return x, y
+
+
+def _ssim_terms(x, y, max_val, filter_size, filter_sigma, k1, k2, padding):
+  """Luminance and contrast-structure maps of images `[B, H, W, C]`, as `[B, H', W' * C]`."""
+  c1, c2 = (k1 * max_val) ** 2, (k2 * max_val) ** 2
+  kernel = filters.gaussian_kernel(filter_size, filter_sigma)
+  if padding == "SAME":
+    low = (filter_size - 1) // 2
+    pads = ((0, 0), (low, filter_size - 1 - low), (low, filter_size - 1 - low), (0, 0))
+    x, y = jnp.pad(x, pads), jnp.pad(y, pads)  # zeros of the image, before the shift below
+  b, h, w, c = x.shape
+  # (Co)variances do not change when x and y are shifted by constants; shifting by each plane's
+  # mean makes the filtered second moments small, so E[x^2] - E[x]^2 loses far fewer float32
+  # digits (1e-5 relative error on smooth photos without it). No gradient flows through the
+  # shift: the exact value does not depend on it.
+  mean_x = jax.lax.stop_gradient(jnp.mean(x, axis=(1, 2)))  # [B, C]
+  mean_y = jax.lax.stop_gradient(jnp.mean(y, axis=(1, 2)))
+  # Everything below works on the NHWC images viewed as [B, H, W * C] (a free reshape): no
+  # channel transpose, and every elementwise loop runs along a long contiguous last axis (with C
+  # as an axis of its own, XLA's loops ran 3 elements at a time and colour cost 9x grey).
+  x = x.reshape(b, h, w * c) - _per_column(mean_x, w)
+  y = y.reshape(b, h, w * c) - _per_column(mean_y, w)
+  stats = jnp.stack([x, y, x * x + y * y, x * y]).reshape(4, b, h, w, c)
+  stats = filters.filter_separable(stats, kernel).reshape(4, b, h - filter_size + 1, -1)
+  mu_x, mu_y, sq, xy = stats[0], stats[1], stats[2], stats[3]
+  # Second moments about the plane means, and the local means about 0 for the luminance term.
+  centred_xy = mu_x * mu_y
+  centred_sq = mu_x * mu_x + mu_y * mu_y
+  width = w - filter_size + 1
+  mu_x, mu_y = mu_x + _per_column(mean_x, width), mu_y + _per_column(mean_y, width)
+  mu_xy = mu_x * mu_y
+  mu_sq = mu_x * mu_x + mu_y * mu_y
+  lum = (2.0 * mu_xy + c1) / (mu_sq + c1)
+  # Written so that x == y gives numerator == denominator bit for bit (sq - centred_sq is then
+  # exactly 2 * (xy - centred_xy)): identical images score exactly 1. c2 > 0 keeps the
+  # denominator positive when rounding makes the variance estimates slightly negative.
+  cs = (2.0 * (xy - centred_xy) + c2) / ((sq - centred_sq) + c2)
+  return lum, cs
+
+
+def _per_column(means: jax.Array, width: int) -> jax.Array:
+  """Per-channel values `[B, C]` repeated along the merged last axis: `[B, 1, W * C]`.
+
+  A product with a 0/1 matrix (exact) rather than `jnp.tile`: XLA would fuse the tile into every
+  consumer as an integer modulo per element, which made the colour loops 3-4x slower.
+  """
+  repeat = np.tile(np.eye(means.shape[-1], dtype=np.float32), (1, width))
+  return jnp.dot(means, repeat, precision=jax.lax.Precision.HIGHEST)[:, None, :]
+
+
+def _channel_mean(v: jax.Array, channels: int) -> jax.Array:
+  """Mean over pixels of a merged map `[B, H, W * C]`, per channel: `[B, C]`."""
+  b = v.shape[0]
+  return jnp.mean(jnp.mean(v, axis=1).reshape(b, -1, channels), axis=1)
+
+
+def _at_most_one(v: jax.Array) -> jax.Array:
+  """Clips rounding excursions above 1 (SSIM <= 1 exactly in real arithmetic); keeps gradients."""
+  return jnp.where(v > 1.0, 1.0, v)
+
+
+_POW_EPS = 1e-6  # below this the derivative of t^w (w < 1) is evaluated at _POW_EPS
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _pow_nonneg(t: jax.Array, w: float) -> jax.Array:
+  """max(t, 0)^w with a finite derivative: 0 for t <= 0, w * max(t, eps)^(w - 1) above.
+
+  t^w with w < 1 has an infinite slope at 0, and jnp.maximum(t, 0)^w gives 0 * inf = NaN for
+  t <= 0; pytorch_msssim and TensorFlow have exactly that NaN gradient.
+  """
+  return jnp.where(t > 0, jnp.maximum(t, 0.0) ** w, 0.0) if w else jnp.ones_like(t)
+
+
+@_pow_nonneg.defjvp
+def _pow_nonneg_jvp(w, primals, tangents):
+  (t,), (dt,) = primals, tangents
+  slope = jnp.where(t > 0, w * jnp.maximum(t, _POW_EPS) ** (w - 1.0), 0.0) if w else 0.0 * t
+  return _pow_nonneg(t, w), slope * dt

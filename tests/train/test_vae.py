@@ -1,0 +1,224 @@
+"""train.vae and the shared loop: smoke + resume, sharding, multiple processes, kill and resume."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+import perceptual
+from train import checkpoints, data, loop, sharding
+from train import vae as vae_train
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FAST = dict(progress=False, test_metrics=False, log_every=1)
+
+
+def _jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def _params(workdir):
+  return jax.device_get(vae_train.load(workdir)[2].params)
+
+
+@pytest.mark.parametrize(
+  "flags",
+  [("--arch=mnist", "--batch_size=16"), ("--arch=celeba", "--batch_size=8")],
+  ids=["mnist", "celeba"],
+)
+def test_two_steps_then_resume(flags):
+  # A subprocess with one CPU device: the test session's 8 simulated devices would each hold a
+  # replica of the CelebA model's 136M parameters and Adam moments.
+  with tempfile.TemporaryDirectory() as workdir:
+    for steps in (2, 4):
+      _run(_train_command(workdir, *flags, f"--max_steps={steps}", "--log_every=1"))
+    lines = _jsonl(os.path.join(workdir, "metrics.jsonl"))
+    assert [line["step"] for line in lines if "loss" in line] == [1, 2, 3, 4]
+    assert all(np.isfinite(line["loss"]) for line in lines if "loss" in line)
+    assert [line["step"] for line in lines if "test_loss" in line] == [2, 4]
+    for name in ("config.json", "reconstructions.png", "samples.png", "interpolations.png"):
+      assert os.path.exists(os.path.join(workdir, name)), name
+    assert os.path.exists(os.path.join(workdir, "manifold.png")) == ("--arch=mnist" in flags)
+    assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == [2, 4]
+
+
+def test_default_run_logs_every_metric():
+  with tempfile.TemporaryDirectory() as workdir:
+    vae_train.train(
+      vae_train.Config(loss="l2", arch="tiny", workdir=workdir, max_steps=1, progress=False)
+    )
+    test = _jsonl(os.path.join(workdir, "metrics.jsonl"))[-1]
+    for name in vae_train.metric_params(1):
+      assert np.isfinite(test[f"test_{name}"]), name
+    assert np.isfinite(test["test_psnr"])
+
+
+def test_config_change_on_resume_is_refused():
+  with tempfile.TemporaryDirectory() as workdir:
+    vae_train.train(vae_train.Config(loss="l2", arch="tiny", workdir=workdir, max_steps=1, **FAST))
+    with pytest.raises(ValueError, match="different config.*loss"):
+      vae_train.train(
+        vae_train.Config(loss="l1", arch="tiny", workdir=workdir, max_steps=2, **FAST)
+      )
+
+
+def test_diverged_run_stops_with_an_error():
+  with tempfile.TemporaryDirectory() as workdir:
+    config = vae_train.Config(
+      loss="l2", arch="tiny", workdir=workdir, max_steps=6, learning_rate=1e30, **FAST
+    )
+    with pytest.raises(FloatingPointError, match="diverged: .*loss"):
+      vae_train.train(config)
+
+
+def test_sharded_step_equals_single_device():
+  config = vae_train.resolve(vae_train.Config(loss="l2", arch="tiny", batch_size=16))
+  dataset = data.load(config.dataset, image_size=32, channels=1)
+  model, tx, state = vae_train.create(config, 100)
+  loss = perceptual.LOSSES["l2"]
+  train_step, _ = vae_train.make_steps(model, tx, loss, config.loss_weight)
+  consts = {"loss": loss.params(1), "metrics": {}}
+  batch = next(data.batches(dataset.train, batch_size=16, seed=0, epoch=0))
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()[:8]):
+    mesh = sharding.data_mesh(devices)
+    step = loop.jit_train_step(train_step, mesh, seed=0)
+    s = jax.device_put(jax.device_get(state), sharding.replicated(mesh))  # fresh: the step donates
+    for _ in range(2):
+      s, _ = step(s, sharding.global_batch(batch, mesh), consts)
+    results.append(jax.device_get(s.params))
+  assert len(jax.devices()) == 8
+  # Same parameters up to float32 reduction order (8 partial sums vs one). Adam divides by
+  # sqrt(v), so where a gradient is ~0 that noise becomes ~1e-6 in the parameter (seen in CI:
+  # 5 of 32,768 weights); atol 1e-5 is 100x below one Adam step (lr 1e-3), which any wrong
+  # sharding (a missing or double-counted shard) changes.
+  chex.assert_trees_all_close(results[0], results[1], rtol=1e-5, atol=1e-5)
+
+
+def test_corrupt_latest_checkpoint_falls_back_with_warning(caplog):
+  with tempfile.TemporaryDirectory() as root:
+    kw = dict(loss="l2", arch="tiny", checkpoint_every=5, **FAST)
+    ref, run = os.path.join(root, "ref"), os.path.join(root, "run")
+    vae_train.train(vae_train.Config(workdir=ref, max_steps=15, **kw))
+    vae_train.train(vae_train.Config(workdir=run, max_steps=10, **kw))
+    latest = os.path.join(run, "checkpoints", "10")
+    for dirpath, _, files in os.walk(latest):  # truncate every data file of the latest step
+      for name in files:
+        with open(os.path.join(dirpath, name), "r+b") as f:
+          f.truncate(max(0, os.path.getsize(f.name) // 3))
+    with caplog.at_level("WARNING"):
+      vae_train.train(vae_train.Config(workdir=run, max_steps=15, **kw))
+    assert "unreadable" in caplog.text
+    chex.assert_trees_all_equal(_params(ref), _params(run))
+
+
+def _train_command(workdir, *extra):
+  return [
+    sys.executable,
+    "-m",
+    "train.vae",
+    "--loss=l2",
+    f"--workdir={workdir}",
+    "--progress=false",
+    "--test_metrics=false",
+    *extra,
+  ]
+
+
+def _run(command):
+  result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-4000:]
+
+
+def _env():
+  return {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run():
+  with tempfile.TemporaryDirectory() as root:
+    args = ("--arch=mnist", "--batch_size=32", "--max_steps=12", "--checkpoint_every=4")
+    ref = subprocess.Popen(
+      _train_command(os.path.join(root, "ref"), *args),
+      cwd=REPO,
+      env=_env(),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+    )
+    run = os.path.join(root, "run")
+    victim = subprocess.Popen(
+      _train_command(run, *args),
+      cwd=REPO,
+      env=_env(),
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+    )
+    first = os.path.join(run, "checkpoints", "4")
+    deadline = time.time() + 300
+    while not os.path.exists(first) and time.time() < deadline and victim.poll() is None:
+      time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    _run(_train_command(run, *args))
+    assert ref.wait() == 0
+    steps = [line["step"] for line in _jsonl(os.path.join(run, "metrics.jsonl"))]
+    assert steps == sorted(steps) and len(steps) == len(set(steps)) + 1  # + the test line at 12
+    chex.assert_trees_all_equal(_params(os.path.join(root, "ref")), _params(run))
+
+
+def test_two_processes_train_like_one():
+  with tempfile.TemporaryDirectory() as root:
+    args = ("--arch=tiny", "--batch_size=16", "--max_steps=2")
+    with socket.socket() as s:
+      s.bind(("127.0.0.1", 0))
+      port = s.getsockname()[1]
+    multi = os.path.join(root, "multi")
+    procs = [
+      subprocess.Popen(
+        _train_command(
+          multi,
+          *args,
+          "--num_processes=2",
+          f"--process_id={i}",
+          f"--coordinator_address=127.0.0.1:{port}",
+        ),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+      )
+      for i in range(2)
+    ]
+    single = subprocess.run(
+      _train_command(os.path.join(root, "single"), *args),
+      cwd=REPO,
+      env=_env(),
+      capture_output=True,
+      text=True,
+    )
+    try:
+      outputs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    finally:  # a process that hangs (a peer died before the rendezvous) must not outlive the test
+      for p in procs:
+        p.kill()
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert all(p.returncode == 0 for p in procs), outputs[0][-3000:] + outputs[1][-3000:]
+    chex.assert_trees_all_close(
+      _params(multi), _params(os.path.join(root, "single")), rtol=1e-5, atol=1e-7
+    )
+
+
+def test_restore_latest_without_checkpoints_returns_target():
+  with tempfile.TemporaryDirectory() as workdir:
+    mgr = checkpoints.manager(workdir)
+    state, step = checkpoints.restore_latest(mgr, {"a": np.zeros(2)})
+    assert step is None and state["a"].shape == (2,)

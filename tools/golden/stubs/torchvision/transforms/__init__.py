@@ -1,0 +1,1 @@
+"""Stub transforms module (imported, never used)."""
