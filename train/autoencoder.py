@@ -168,7 +168,7 @@ def create(config: Config):
     optax.sgd(config.learning_rate, momentum=config.momentum),
   )
   x = np.zeros((1, *model.image_shape), np.float32)
-  params = model.init(jax.random.key(config.seed), x)["params"]
+  params = jax.jit(model.init)(jax.random.key(config.seed), x)["params"]  # one compile
   return model, tx, TrainState(np.zeros((), np.int32), params, tx.init(params))
 
 

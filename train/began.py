@@ -76,6 +76,9 @@ class Config:
   epochs: int = 10
   batch_size: int = 16
   eval_batch_size: int = 64
+  eval_examples: int | None = config_lib.documented(
+    None, "score only the first N test images at each evaluation (quick runs); default all"
+  )
   seed: int = 0
   workdir: str = config_lib.documented("", "default runs/began_<config or weights>")
   checkpoint_every: int = 1000
@@ -253,8 +256,8 @@ def create(config: Config, steps_per_epoch: int | None = None):
     for lr in (config.generator_learning_rate or config.learning_rate, config.learning_rate)
   )
   key_g, key_d = jax.random.split(jax.random.key(config.seed))
-  g_params = gen.init(key_g, jnp.zeros((1, config.hidden_size)))
-  d_params = disc.init(key_d, jnp.zeros((1, size, size, channels)))
+  g_params = jax.jit(gen.init)(key_g, jnp.zeros((1, config.hidden_size)))
+  d_params = jax.jit(disc.init)(key_d, jnp.zeros((1, size, size, channels)))
   state = BeganState(
     jnp.zeros((), jnp.int32),
     g_params,

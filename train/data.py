@@ -128,6 +128,30 @@ class Split:
 
 
 @dataclasses.dataclass(frozen=True)
+class _Prefix:
+  """The first `n` examples of an indexable source (gathers by int index arrays)."""
+
+  source: Any
+  n: int
+
+  def __len__(self) -> int:
+    return self.n
+
+  def __getitem__(self, index: Any) -> Any:
+    return self.source[index]
+
+
+def head(split: Split, n: int | None) -> Split:
+  """The first `n` examples of `split` (all of it when `n` is None or not smaller)."""
+  if n is None or n >= len(split):
+    return split
+  if n <= 0:
+    raise ValueError(f"the number of examples must be positive, got {n}.")
+  labels = None if split.labels is None else _Prefix(split.labels, n)
+  return dataclasses.replace(split, images=_Prefix(split.images, n), labels=labels)
+
+
+@dataclasses.dataclass(frozen=True)
 class Dataset:
   """A loaded dataset: `image_shape` is `(H, W, C)` after preprocessing."""
 

@@ -72,6 +72,9 @@ class Config:
   epochs: int = 10
   batch_size: int = 64
   eval_batch_size: int = 128
+  eval_examples: int | None = config_lib.documented(
+    None, "score only the first N test images at each evaluation (quick runs); default all"
+  )
   seed: int = 0
   workdir: str = config_lib.documented("", "default runs/deepsim_<task>")
   checkpoint_every: int = 500
@@ -221,13 +224,13 @@ def create(config: Config, steps_per_epoch: int | None = None):
   code_shape = deepsim_eval.input_shape(config.input_layer, config.image_size)
   if config.task == "vae":
     code_shape = (config.latent,)
-  g_params = {"generator": gen.init(k_gen, jnp.zeros((1, *code_shape)))}
+  g_params = {"generator": jax.jit(gen.init)(k_gen, jnp.zeros((1, *code_shape)))}
   if config.task == "vae":
-    g_params["encoder"] = enc.init(k_enc, x)
+    g_params["encoder"] = jax.jit(enc.init)(k_enc, x)
   cond = None
   if config.task == "inversion" and config.condition_discriminator:
     cond = jnp.zeros((1, *code_shape))
-  d_params = disc.init(k_disc, x, cond)
+  d_params = jax.jit(disc.init)(k_disc, x, cond)
   state = DeepsimState(
     jnp.zeros((), jnp.int32), g_params, d_params, txs[0].init(g_params), txs[1].init(d_params)
   )

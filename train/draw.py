@@ -62,6 +62,9 @@ class Config:
   epochs: int = 20
   batch_size: int = 64
   eval_batch_size: int = 250
+  eval_examples: int | None = config_lib.documented(
+    None, "score only the first N test images at each evaluation (quick runs); default all"
+  )
   seed: int = 0
   workdir: str = config_lib.documented("", "default runs/draw_<loss>")
   checkpoint_every: int = 500

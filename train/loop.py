@@ -35,6 +35,7 @@ class Settings(NamedTuple):
   epochs: int
   batch_size: int
   eval_batch_size: int = 256
+  eval_examples: int | None = None  # score only the first N test examples (quick runs)
   seed: int = 0
   checkpoint_every: int = 500  # steps; every epoch end is checkpointed too
   keep_checkpoints: int = 2
@@ -253,7 +254,12 @@ def fit(
         checkpoints.save(mgr, step, state)
     _check_finite(log.flush(), step, settings.workdir)
     test = evaluate(
-      eval_step, state, dataset.test, batch_size=settings.eval_batch_size, mesh=mesh, consts=consts
+      eval_step,
+      state,
+      data.head(dataset.test, settings.eval_examples),
+      batch_size=settings.eval_batch_size,
+      mesh=mesh,
+      consts=consts,
     )
     test = {f"test_{k}": v for k, v in test.items()}
     _check_finite(test, step, settings.workdir)

@@ -54,6 +54,9 @@ class Config:
   epochs: int = 5
   batch_size: int = 64
   eval_batch_size: int = 256
+  eval_examples: int | None = config_lib.documented(
+    None, "score only the first N test images at each evaluation (quick runs); default all"
+  )
   learning_rate: float = 1e-3
   seed: int = 0
   workdir: str = config_lib.documented("", "default runs/srcnn_<arch>_<loss>")

@@ -18,7 +18,7 @@ from perceptual import gradient
 from train import began as began_train
 
 TINY = dict(image_size=16, num_filters=4, hidden_size=8, batch_size=8, eval_batch_size=256)
-FAST = dict(progress=False, log_every=1)
+FAST = dict(progress=False, log_every=1, eval_examples=64)
 # The Vertolli terms that are registered now (gmsm and chroma join l1 when the registry has them).
 AVAILABLE = {n: 1.0 for n in ("l1", "gmsm", "chroma") if n in perceptual.LOSSES}
 

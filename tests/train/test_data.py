@@ -285,3 +285,16 @@ def test_tfds_tfrecord_dataset_says_how_to_convert(tiny_tfds_dir, tmp_path):
   info.write_text(info.read_text().replace('"array_record"', '"tfrecord"'))
   with pytest.raises(FileNotFoundError, match="stored as tfrecord.*--file_format=array_record"):
     data.load("tfds:perceptual_test_tiny_digits", data_dir=str(tmp_path))
+
+
+def test_head_keeps_the_first_examples():
+  split = data.Split(np.arange(10 * 4, dtype=np.uint8).reshape(10, 2, 2, 1), np.arange(10))
+  first = data.head(split, 3)
+  assert len(first) == 3
+  np.testing.assert_array_equal(first.gather(np.arange(3))["label"], [0, 1, 2])
+  np.testing.assert_array_equal(
+    first.gather(np.arange(3))["image"], split.gather(np.arange(3))["image"]
+  )
+  assert data.head(split, None) is split and data.head(split, 50) is split
+  with pytest.raises(ValueError, match="positive"):
+    data.head(split, 0)

@@ -15,7 +15,7 @@ from train import data
 from train import draw as draw_train
 
 TINY = dict(glimpses=2, lstm_size=8, latent=4, batch_size=16, eval_batch_size=64, label=1)
-FAST = dict(progress=False, log_every=1)
+FAST = dict(progress=False, log_every=1, eval_examples=64)
 
 
 def _lines(workdir):

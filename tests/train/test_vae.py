@@ -19,7 +19,7 @@ from train import checkpoints, data, loop, sharding
 from train import vae as vae_train
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-FAST = dict(progress=False, test_metrics=False, log_every=1)
+FAST = dict(progress=False, test_metrics=False, log_every=1, eval_examples=64)
 
 
 def _jsonl(path):
@@ -55,7 +55,9 @@ def test_two_steps_then_resume(flags):
 def test_default_run_logs_every_metric():
   with tempfile.TemporaryDirectory() as workdir:
     vae_train.train(
-      vae_train.Config(loss="l2", arch="tiny", workdir=workdir, max_steps=1, progress=False)
+      vae_train.Config(
+        loss="l2", arch="tiny", workdir=workdir, max_steps=1, progress=False, eval_examples=32
+      )
     )
     test = _jsonl(os.path.join(workdir, "metrics.jsonl"))[-1]
     for name in vae_train.metric_params(1):
@@ -131,6 +133,7 @@ def _train_command(workdir, *extra):
     f"--workdir={workdir}",
     "--progress=false",
     "--test_metrics=false",
+    "--eval_examples=64",
     *extra,
   ]
 
