@@ -172,8 +172,4 @@ def main(config: Config) -> dict[str, dict[str, float]]:
 
 
 if __name__ == "__main__":
-  from absl import app
-
-  config_lib.define_flags(Config)
-  # The return value is dropped: absl would print it as an exit message.
-  app.run(lambda argv: main(config_lib.from_flags(Config)) and None)
+  config_lib.run(Config, main)

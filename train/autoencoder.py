@@ -22,7 +22,6 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 import optax
-from absl import app
 
 import perceptual
 from models import autoencoder as ae
@@ -254,11 +253,5 @@ def train(config: Config) -> TrainState:
   return state
 
 
-def main(argv: list[str]) -> None:
-  del argv
-  train(config_lib.from_flags(Config))  # not returned: absl would print the state and exit 1
-
-
 if __name__ == "__main__":
-  config_lib.define_flags(Config)
-  app.run(main)
+  config_lib.run(Config, train)

@@ -33,7 +33,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app
 
 import perceptual
 from eval import began as began_eval
@@ -311,11 +310,5 @@ def train(config: Config) -> BeganState:
   )
 
 
-def main(argv: list[str]) -> None:
-  del argv
-  train(config_lib.from_flags(Config))
-
-
 if __name__ == "__main__":
-  config_lib.define_flags(Config)
-  app.run(main)
+  config_lib.run(Config, train)

@@ -176,8 +176,4 @@ def train(config: Config) -> FitState:
 
 
 if __name__ == "__main__":
-  from absl import app
-
-  config_lib.define_flags(Config)
-  # The return value is dropped: absl would print it as an exit message.
-  app.run(lambda argv: train(config_lib.from_flags(Config)) and None)
+  config_lib.run(Config, train)

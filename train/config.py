@@ -80,7 +80,7 @@ def run(cls: type, main: Any) -> None:
       raise app.UsageError(f"unexpected positional arguments {argv[1:]}; flags are --name=value.")
     if not flags.FLAGS["verbosity"].present:
       absl_logging.set_verbosity(absl_logging.WARNING)
-    main(from_flags(cls))
+    main(from_flags(cls))  # its result is dropped: absl would print it and exit with status 1
 
   app.run(_main)
 

@@ -30,7 +30,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from absl import app
 
 from eval import deepsim as deepsim_eval
 from models import deepsim as models
@@ -270,5 +269,4 @@ def train(config: Config) -> DeepsimState:
 
 
 if __name__ == "__main__":
-  config_lib.define_flags(Config)
-  app.run(lambda argv: train(config_lib.from_flags(Config)))
+  config_lib.run(Config, train)

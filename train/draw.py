@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app
 
 import perceptual
 from models import draw as draw_models
@@ -249,11 +248,5 @@ def train(config: Config) -> TrainState:
   )
 
 
-def main(argv: list[str]) -> None:
-  del argv
-  train(config_lib.from_flags(Config))
-
-
 if __name__ == "__main__":
-  config_lib.define_flags(Config)
-  app.run(main)
+  config_lib.run(Config, train)
