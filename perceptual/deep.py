@@ -195,7 +195,13 @@ def _unit_normalise(f: jax.Array, eps: float = 1e-10) -> jax.Array:
 
 
 def lpips(
-  x: jax.Array, y: jax.Array, *, net: str = "alex", params: dict | None = None
+  x: jax.Array,
+  y: jax.Array,
+  *,
+  net: str = "alex",
+  params: dict | None = None,
+  dropout_key: jax.Array | None = None,
+  dropout_rate: float = 0.0,
 ) -> jax.Array:
   """Learned Perceptual Image Patch Similarity, v0.1 (a distance: 0 for identical images).
 
@@ -213,6 +219,10 @@ def lpips(
     y: distorted images, same shape.
     net: "alex" (taps relu1..relu5) or "vgg" (relu1_2, relu2_2, relu3_3, relu4_3, relu5_3).
     params: `lpips_params(net)` (`{"backbone", "heads"}`); None loads it.
+    dropout_key: fitting the heads on 2AFC data (`train.calibrate`): with a key, each squared
+      feature difference is dropped with probability `dropout_rate` (survivors scaled by
+      `1 / (1 - rate)`), as LPIPS's training applies dropout before its linear heads.
+    dropout_rate: see `dropout_key`; must be in [0, 1).
 
   Returns:
     `[B]` distances, >= 0.
@@ -227,10 +237,15 @@ def lpips(
   # through y's half only (with a stacked batch it runs through both, twice the work).
   features_x = _FEATURES[net](params["backbone"], x, layers=taps)
   features_y = _FEATURES[net](params["backbone"], y, layers=taps)
+  if not 0.0 <= dropout_rate < 1.0:
+    raise ValueError(f"lpips: dropout_rate must be in [0, 1), got {dropout_rate}.")
   distance = jnp.zeros(x.shape[0], x.dtype)
-  for tap in taps:
+  for i, tap in enumerate(taps):
     fx, fy = features_x[tap], features_y[tap]
     squared = jnp.square(_unit_normalise(fx) - _unit_normalise(fy))
+    if dropout_key is not None and dropout_rate > 0:
+      keep = jax.random.bernoulli(jax.random.fold_in(dropout_key, i), 1 - dropout_rate, fx.shape)
+      squared = jnp.where(keep, squared / (1 - dropout_rate), 0.0)
     distance += jnp.mean(jnp.sum(squared * params["heads"][tap], axis=-1), axis=(1, 2))
   return distance
 

@@ -152,7 +152,9 @@ def load_params(path: str, *, like: Any = None) -> dict:
   Args:
     path: the JSON file (e.g. `fitted_params.json` of a `python -m train.calibrate` workdir).
     like: optional pytree (e.g. `LOSSES[name].params(channels)`) the result must match in
-      structure and shapes; a mismatch fails naming the loss it would not fit.
+      structure and shapes; a mismatch fails naming the loss it would not fit. A file may hold
+      only some of `like`'s top-level entries (LPIPS fits only its "heads"): each entry it holds
+      must match `like`'s entirely, and the others are taken from `like`.
 
   Returns:
     The nested dict of float32 arrays.
@@ -173,9 +175,14 @@ def load_params(path: str, *, like: Any = None) -> dict:
     node[leaf] = jnp.asarray(value, jnp.float32)
   if like is not None:
     shapes = lambda t: jax.tree.map(jnp.shape, t)
+    rest = {}
+    if isinstance(like, Mapping) and set(tree) < set(like):  # a subset of the entries
+      rest = {k: v for k, v in like.items() if k not in tree}
+      like = {k: like[k] for k in tree}
     if jax.tree.structure(tree) != jax.tree.structure(like) or shapes(tree) != shapes(like):
       raise ValueError(
         f"{path} holds parameters of another form than expected ({shapes(tree)} vs "
         f"{shapes(like)}). Use a file fitted for the same loss and channel count."
       )
+    tree = {**rest, **tree}
   return tree

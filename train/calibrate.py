@@ -2,6 +2,7 @@
 
     python -m train.calibrate --metric=watson_dft --init=init --data=synthetic   # offline demo
     python -m train.calibrate --metric=watson_dct --channels=1 --data=bapps --data_dir=DIR
+    python -m train.calibrate --metric=lpips_alex --init=init --data=synthetic   # LPIPS heads
 
 Fits the metric's parameter pytree and the sigmoid's log-slope g by minimising the binary
 cross-entropy between `sigmoid(exp(g) (d0 - d1) / (d0 + d1))` and the judges' fraction
@@ -11,6 +12,13 @@ gets `fitted_params.json` (the format of `perceptual/data/watson_weights.json` e
 `python -m train.vae --loss=watson_dft --loss_params=PATH`), `calibration.json` (2AFC scores per
 category on the held-out split before and after), metrics.jsonl and checkpoints/. With
 --data=synthetic every output says so: its judges come from a rule, not from people.
+
+LPIPS (`--metric=lpips_alex | lpips_vgg`): only the linear heads are fitted, the pretrained trunk
+stays fixed (passed to the steps as an argument, not baked into the program); the heads are kept
+>= 0 after every update, as LPIPS's own training clamps them, and dropout falls on the squared
+feature differences. `--init=init` starts from all-ones heads (the paper's unweighted "baseline"
+distance), `--init=pretrained` from the published v0.1 heads. `fitted_params.json` then holds
+only `heads.*`; `--loss_params=PATH` with `--loss=lpips_alex` loads it over the pretrained trunk.
 """
 
 import dataclasses
@@ -25,39 +33,84 @@ import jax.numpy as jnp
 import optax
 
 from eval import twoafc as twoafc_eval
-from perceptual import twoafc, watson
+from perceptual import deep, pretrained, twoafc, watson
 from train import config as config_lib
 from train import loop, twoafc_data
 
 
-def _watson(kind: str) -> Callable[..., jax.Array]:
+class Fittable(NamedTuple):
+  """A metric whose parameters `train.calibrate` can fit.
+
+  Attributes:
+    distance: `(x, y, params, consts, *, key=None, rate=0.0) -> [B]`; a key turns on the fitting
+      mode (dropout at `rate`), without one it is the deployed metric.
+    initial: `(init, channels) -> params`, the fitted pytree's starting values.
+    consts: `channels -> pytree` of fixed inputs (a pretrained trunk), or None.
+    inits: the names `initial` accepts.
+    project: applied to the params after every update (constraints such as w >= 0).
+    saved: params -> the pytree written to fitted_params.json, in the layout
+      `perceptual.LOSSES[name].params` uses (so `--loss_params` loads it).
+  """
+
+  distance: Callable[..., jax.Array]
+  initial: Callable[[str, int], Any]
+  consts: Callable[[int], Any]
+  inits: tuple[str, ...]
+  project: Callable[[Any], Any] = lambda params: params
+  saved: Callable[[Any], Any] = lambda params: params
+
+
+def _watson(kind: str) -> Fittable:
   fn = watson.watson_dct if kind == "dct" else watson.watson_dft
 
-  def distance(x, y, params, *, key=None, rate=0.0):
+  def distance(x, y, params, consts, *, key=None, rate=0.0):
+    del consts
     if key is None:
       return fn(x, y, params=params)
     return fn(x, y, params=params, fitting=True, dropout_key=key, dropout_rate=rate)
 
-  return distance
-
-
-# name -> (distance(x, y, params, *, key, rate) -> [B], initial params(init, channels)). A key turns
-# on the fitting mode with dropout at `rate`; without one the distance is the deployed metric's.
-METRICS: dict[str, tuple[Callable[..., jax.Array], Callable[[str, int], Any]]] = {
-  f"watson_{kind}": (
-    _watson(kind),
-    functools.partial(
-      lambda init, c, kind: watson.watson_params(kind, channels=c, weights=init), kind=kind
-    ),
+  return Fittable(
+    distance,
+    lambda init, channels: watson.watson_params(kind, channels=channels, weights=init),
+    lambda channels: None,
+    watson.WEIGHTS,
   )
-  for kind in ("dct", "dft")
+
+
+def _lpips(net: str) -> Fittable:
+  def distance(x, y, heads, backbone, *, key=None, rate=0.0):
+    params = {"backbone": backbone, "heads": heads}
+    rate = rate if key is not None else 0.0
+    return deep.lpips(x, y, net=net, params=params, dropout_key=key, dropout_rate=rate)
+
+  def initial(init, channels):
+    del channels  # grey images are repeated to RGB
+    heads = pretrained.lpips_params(net)["heads"]
+    return heads if init == "pretrained" else jax.tree.map(jnp.ones_like, heads)
+
+  return Fittable(
+    distance,
+    initial,
+    lambda channels: pretrained.lpips_params(net)["backbone"],
+    ("init", "pretrained"),
+    project=lambda heads: jax.tree.map(lambda w: jnp.maximum(w, 0.0), heads),
+    saved=lambda heads: {"heads": heads},
+  )
+
+
+METRICS: dict[str, Fittable] = {
+  "watson_dct": _watson("dct"),
+  "watson_dft": _watson("dft"),
+  "lpips_alex": _lpips("alex"),
+  "lpips_vgg": _lpips("vgg"),
 }
+INITS = tuple(dict.fromkeys(i for m in METRICS.values() for i in m.inits))
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
   metric: str = config_lib.choice("watson_dft", METRICS, "metric whose parameters are fitted")
-  init: str = config_lib.choice("init", watson.WEIGHTS, "starting parameters")
+  init: str = config_lib.choice("init", INITS, "starting parameters (which apply: see METRICS)")
   data: str = config_lib.choice("synthetic", ("synthetic", "bapps"), "synthetic: made-up judges")
   data_dir: str = config_lib.documented("", "BAPPS folder holding 2afc/ (or $BAPPS_DIR)")
   channels: int = 3
@@ -85,29 +138,29 @@ class FitState(NamedTuple):
   opt_state: Any
 
 
-def make_steps(distance: Callable[..., jax.Array], tx: optax.GradientTransformation, rate: float):
-  """Pure train / eval steps over 2AFC batches (consts unused)."""
+def make_steps(metric: Fittable, tx: optax.GradientTransformation, rate: float):
+  """Pure train / eval steps over 2AFC batches; consts = the metric's fixed inputs."""
+  distance = metric.distance
 
   def train_step(state: FitState, batch, key, consts):
-    del consts
     k0, k1 = jax.random.split(key)
 
     def objective(params):
-      d0 = distance(batch["image"], batch["p0"], params["metric"], key=k0, rate=rate)
-      d1 = distance(batch["image"], batch["p1"], params["metric"], key=k1, rate=rate)
+      d0 = distance(batch["image"], batch["p0"], params["metric"], consts, key=k0, rate=rate)
+      d1 = distance(batch["image"], batch["p1"], params["metric"], consts, key=k1, rate=rate)
       bce = twoafc.bce_loss(d0, d1, batch["judge"], params["g"])
       return jnp.mean(bce), jnp.mean(twoafc.score(d0, d1, batch["judge"]))
 
     (loss, score), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    params = {**params, "metric": metric.project(params["metric"])}
     metrics = {"loss": loss, "score": score, "g": state.params["g"]}
     return FitState(state.step + 1, params, opt_state), metrics
 
   def eval_step(state: FitState, batch, consts):
-    del consts
-    d0 = distance(batch["image"], batch["p0"], state.params["metric"])
-    d1 = distance(batch["image"], batch["p1"], state.params["metric"])
+    d0 = distance(batch["image"], batch["p0"], state.params["metric"], consts)
+    d1 = distance(batch["image"], batch["p1"], state.params["metric"], consts)
     return {
       "loss": twoafc.bce_loss(d0, d1, batch["judge"], state.params["g"]),
       "score": twoafc.score(d0, d1, batch["judge"]),
@@ -117,8 +170,12 @@ def make_steps(distance: Callable[..., jax.Array], tx: optax.GradientTransformat
 
 
 def create(config: Config, steps_per_epoch: int):
-  """The distance, optimizer and initial state."""
-  distance, initial = METRICS[config.metric]
+  """The metric, optimizer and initial state."""
+  metric = METRICS[config.metric]
+  if config.init not in metric.inits:
+    raise ValueError(
+      f"--init={config.init} does not apply to {config.metric}; use one of {metric.inits}."
+    )
   constant = config.constant_epochs * steps_per_epoch
   schedule = optax.join_schedules(
     [
@@ -130,13 +187,16 @@ def create(config: Config, steps_per_epoch: int):
     [constant],
   )
   tx = optax.adam(schedule, b1=config.beta1)
-  params = {"metric": initial(config.init, config.channels), "g": jnp.zeros((), jnp.float32)}
-  return distance, tx, FitState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  params = {
+    "metric": metric.initial(config.init, config.channels),
+    "g": jnp.zeros((), jnp.float32),
+  }
+  return metric, tx, FitState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
 
-def held_out_scores(distance, params, dataset) -> dict[str, float]:
+def held_out_scores(metric: Fittable, params, consts, dataset) -> dict[str, float]:
   """2AFC score per category on the held-out split with the deployed (eval-mode) metric."""
-  fn = functools.partial(lambda x, y, p: distance(x, y, p), p=params)
+  fn = functools.partial(lambda x, y, p, c: metric.distance(x, y, p, c), p=params, c=consts)
   d0, d1 = twoafc_eval.distances(fn, dataset.test)
   return twoafc_eval.category_scores(d0, d1, dataset.test, dataset.categories)
 
@@ -152,15 +212,20 @@ def train(config: Config) -> FitState:
     num_test=config.num_test, data_dir=config.data_dir or None,
   )  # fmt: skip
   steps_per_epoch = len(dataset.train) // config.batch_size
-  distance, tx, state = create(config, steps_per_epoch)
-  train_step, eval_step = make_steps(distance, tx, config.dropout)
-  before = held_out_scores(distance, state.params["metric"], dataset)
+  metric, tx, state = create(config, steps_per_epoch)
+  consts = metric.consts(config.channels)
+  train_step, eval_step = make_steps(metric, tx, config.dropout)
+  before = held_out_scores(metric, state.params["metric"], consts, dataset)
   settings = loop.settings_from(config, epochs=config.constant_epochs + config.decay_epochs)
-  state = loop.fit(state, train_step, eval_step, dataset, settings, max_steps=config.max_steps)
+  state = loop.fit(
+    state, train_step, eval_step, dataset, settings, consts=consts, max_steps=config.max_steps
+  )
   fitted = jax.device_get(state.params)
-  after = held_out_scores(distance, fitted["metric"], dataset)
+  after = held_out_scores(metric, fitted["metric"], consts, dataset)
   if jax.process_index() == 0:
-    path = twoafc.save_params(os.path.join(config.workdir, "fitted_params.json"), fitted["metric"])
+    path = twoafc.save_params(
+      os.path.join(config.workdir, "fitted_params.json"), metric.saved(fitted["metric"])
+    )
     report = {
       "data": dataset.name, "synthetic": dataset.synthetic, "metric": config.metric,
       "init": config.init, "channels": config.channels, "steps": int(state.step),

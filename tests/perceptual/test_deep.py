@@ -241,3 +241,19 @@ def test_checksum_and_pickle_guards(tmp_path, monkeypatch):
   arrays = {"a": np.arange(3.0)}
   ok = pretrained._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(arrays))).load()
   np.testing.assert_array_equal(ok["a"], arrays["a"])
+
+
+def test_lpips_dropout_for_fitting():
+  x = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
+  y = jnp.clip(x + 0.1 * jax.random.normal(jax.random.key(1), x.shape), 0, 1)
+  plain = deep.lpips(x, y)
+  key = jax.random.key(2)
+  np.testing.assert_allclose(deep.lpips(x, y, dropout_key=key, dropout_rate=0.0), plain)
+  dropped = deep.lpips(x, y, dropout_key=key, dropout_rate=0.5)
+  assert np.all(np.isfinite(dropped)) and not np.allclose(dropped, plain)
+  # Survivors are scaled by 1 / (1 - rate): the mean over masks is the plain distance.
+  keys = jax.random.split(jax.random.key(3), 64)
+  means = jax.vmap(lambda k: deep.lpips(x, y, dropout_key=k, dropout_rate=0.5))(keys).mean(0)
+  np.testing.assert_allclose(means, plain, rtol=0.05)
+  with pytest.raises(ValueError, match="dropout_rate"):
+    deep.lpips(x, y, dropout_key=key, dropout_rate=1.0)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import perceptual
 from perceptual import twoafc
 from train import calibrate, twoafc_data
 
@@ -34,12 +35,47 @@ def test_two_steps_resume_and_fitted_params_load_back():
     assert report["synthetic"] and "SYNTHETIC" in report["data"] and report["steps"] == 2
     fitted = jax.device_get(state.params["metric"])
     loaded = twoafc.load_params(report["fitted_params"], like=fitted)
-    initial = calibrate.METRICS["watson_dft"][1]("init", 1)
+    initial = calibrate.METRICS["watson_dft"].initial("init", 1)
     assert not np.allclose(fitted["t_tild"], initial["t_tild"])  # the fit moved the table
     ds = twoafc_data.load("synthetic", channels=1, num_train=16, num_test=8)
     batch = ds.test.gather(np.arange(8))
-    dist = jax.jit(lambda p: calibrate.METRICS["watson_dft"][0](batch["image"], batch["p0"], p))
+    distance = calibrate.METRICS["watson_dft"].distance
+    dist = jax.jit(lambda p: distance(batch["image"], batch["p0"], p, None))
     np.testing.assert_array_equal(dist(loaded), dist(fitted))
+
+
+def test_lpips_heads_fit_stay_non_negative_and_load_over_the_trunk():
+  with tempfile.TemporaryDirectory() as workdir:
+    config = calibrate.Config(
+      metric="lpips_alex", init="init", workdir=workdir, learning_rate=0.5,
+      **{**TINY, "channels": 3},
+    )  # fmt: skip
+    state = calibrate.train(config)
+    heads = jax.device_get(state.params["metric"])
+    assert all(np.all(w >= 0) for w in jax.tree.leaves(heads))
+    assert any(np.any(w != 1.0) for w in jax.tree.leaves(heads))  # the fit moved them
+    path = os.path.join(workdir, "fitted_params.json")
+    with open(path) as f:
+      assert all(key.startswith("heads.") for key in json.load(f))  # the trunk is not copied
+    loss = perceptual.LOSSES["lpips_alex"]
+    params = twoafc.load_params(path, like=loss.params(3))  # what --loss_params does
+    ds = twoafc_data.load("synthetic", channels=3, num_train=16, num_test=8)
+    batch = ds.test.gather(np.arange(4))
+    fitted = {"backbone": loss.params(3)["backbone"], "heads": heads}
+    np.testing.assert_allclose(
+      loss(batch["image"], batch["p0"], params=params),
+      loss(batch["image"], batch["p0"], params=fitted),
+      rtol=1e-6,
+    )
+  with pytest.raises(ValueError, match="does not apply to lpips_alex"):
+    calibrate.create(calibrate.Config(metric="lpips_alex", init="paper_2019"), 1)
+
+
+def test_load_params_rejects_a_partial_entry(tmp_path):
+  like = {"heads": {"a": np.ones(3), "b": np.ones(2)}, "backbone": {"w": np.ones(4)}}
+  path = twoafc.save_params(str(tmp_path / "p.json"), {"heads": {"a": np.ones(3)}})
+  with pytest.raises(ValueError, match="another form"):
+    twoafc.load_params(path, like=like)
 
 
 def test_synthetic_records_follow_the_stated_rule():
