@@ -127,18 +127,24 @@ class Split:
     return {"image": images, "label": labels}
 
 
-@dataclasses.dataclass(frozen=True)
-class _Prefix:
-  """The first `n` examples of an indexable source (gathers by int index arrays)."""
+class _Rows:
+  """Rows `index` of a gatherable source (numpy array, tfds column), itself gatherable."""
 
-  source: Any
-  n: int
+  def __init__(self, source: Any, index: np.ndarray):
+    self.source, self.index = source, index
 
   def __len__(self) -> int:
-    return self.n
+    return len(self.index)
 
-  def __getitem__(self, index: Any) -> Any:
-    return self.source[index]
+  def __getitem__(self, index: np.ndarray) -> Any:
+    return self.source[self.index[index]]
+
+
+def subset(split: Split, index: np.ndarray) -> Split:
+  """The examples of `split` at the int array `index`, in that order (gathered lazily)."""
+  index = np.asarray(index, np.int64)
+  labels = None if split.labels is None else _Rows(split.labels, index)
+  return dataclasses.replace(split, images=_Rows(split.images, index), labels=labels)
 
 
 def head(split: Split, n: int | None) -> Split:
@@ -147,8 +153,7 @@ def head(split: Split, n: int | None) -> Split:
     return split
   if n <= 0:
     raise ValueError(f"the number of examples must be positive, got {n}.")
-  labels = None if split.labels is None else _Prefix(split.labels, n)
-  return dataclasses.replace(split, images=_Prefix(split.images, n), labels=labels)
+  return subset(split, np.arange(n))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -93,19 +93,6 @@ class TrainState(NamedTuple):
   opt_state: Any
 
 
-class _Subset:
-  """Rows `index` of a gatherable source (numpy array or tfds column)."""
-
-  def __init__(self, source: Any, index: np.ndarray):
-    self.source, self.index = source, index
-
-  def __len__(self) -> int:
-    return len(self.index)
-
-  def __getitem__(self, index: np.ndarray) -> Any:
-    return self.source[self.index[index]]
-
-
 def keep_label(split: data.Split, label: int) -> data.Split:
   """The examples of `split` with class `label` (e.g. CIFAR-10 dogs, label 5)."""
   if split.labels is None:
@@ -114,9 +101,7 @@ def keep_label(split: data.Split, label: int) -> data.Split:
   index = np.flatnonzero(labels == label)
   if not len(index):
     raise ValueError(f"no example has label {label}; labels present: {np.unique(labels)}.")
-  return dataclasses.replace(
-    split, images=_Subset(split.images, index), labels=_Subset(split.labels, index)
-  )
+  return data.subset(split, index)
 
 
 def load_data(config: Config) -> data.Dataset:
