@@ -97,19 +97,6 @@ class TrainState(NamedTuple):
   opt_state: Any
 
 
-class _Rows:
-  """Rows `index` of a random-access source (a numpy array, a PatchSource, ...)."""
-
-  def __init__(self, source: Any, index: np.ndarray):
-    self.source, self.index = source, index
-
-  def __len__(self) -> int:
-    return len(self.index)
-
-  def __getitem__(self, index: np.ndarray) -> Any:
-    return self.source[self.index[np.asarray(index)]]
-
-
 def load_data(config: Config) -> tuple[data.Dataset, data.Split]:
   """`(dataset, test)`: the loop's dataset (train minus validation, and validation as its test
   split, for early stopping) and the real test split. Grey by ITU-R 601-2 luma (`train.data`)."""
@@ -121,11 +108,8 @@ def load_data(config: Config) -> tuple[data.Dataset, data.Split]:
   perm = np.random.default_rng(config.seed).permutation(n)
   held, kept = np.sort(perm[: config.validation]), np.sort(perm[config.validation :])
 
-  def rows(index):
-    labels = None if full.train.labels is None else _Rows(full.train.labels, index)
-    return dataclasses.replace(full.train, images=_Rows(full.train.images, index), labels=labels)
-
-  return dataclasses.replace(full, train=rows(kept), test=rows(held)), full.test
+  train, validation = data.subset(full.train, kept), data.subset(full.train, held)
+  return dataclasses.replace(full, train=train, test=validation), full.test
 
 
 def make_steps(model, tx: optax.GradientTransformation, loss: perceptual.Loss):
