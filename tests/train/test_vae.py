@@ -33,7 +33,7 @@ def _params(workdir):
 
 @pytest.mark.parametrize(
   "flags",
-  [("--arch=mnist", "--batch_size=16"), ("--arch=celeba", "--batch_size=8")],
+  [("--arch=mnist", "--batch_size=32"), ("--arch=celeba", "--batch_size=8")],
   ids=["mnist", "celeba"],
 )
 def test_two_steps_then_resume(flags):
