@@ -23,7 +23,7 @@ server process's peak resident set (`ru_maxrss`) over its first call of that cas
 bound that includes allocator slack, and 0 when an earlier, larger case already set the peak
 (run one case per process with `--losses` for a clean figure).
 
-`--threads=1` sets XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+`--threads=1` sets XLA_FLAGS="--xla_cpu_multi_thread_eigen=false"
 before jax is imported and `torch.set_num_threads(1)` in the peer.
 """
 
@@ -40,7 +40,7 @@ def _set_threads_before_jax(argv: list[str]) -> int:
   if threads == 1:
     os.environ["XLA_FLAGS"] = (
       os.environ.get("XLA_FLAGS", "")
-      + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+      + " --xla_cpu_multi_thread_eigen=false"
     ).strip()
   return threads
 

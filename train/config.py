@@ -24,6 +24,8 @@ import jax
 from absl import app, flags
 from absl import logging as absl_logging
 
+from train import xla_cpu
+
 
 def choice(default: str, options: Iterable[str], help: str = "") -> Any:  # noqa: A002
   """A string field restricted to `options`; `--name=bad` fails at parse time listing them."""
@@ -71,8 +73,10 @@ def run(cls: type, main: Any) -> None:
   """The body of an entry point's `__main__`: flags from `cls`, then `main(cls(**flags))`.
 
   Library INFO logs (orbax's checkpoint chatter, JAX's backend probing) are hidden; the trainers
-  report progress on stdout. `--verbosity=0` shows them again.
+  report progress on stdout. `--verbosity=0` shows them again. XLA's CPU backend is tuned for
+  training first (`train.xla_cpu`).
   """
+  xla_cpu.apply()
   define_flags(cls)
 
   def _main(argv: list[str]) -> None:
