@@ -15,7 +15,9 @@ on a loaded machine).
 Peers run in the same interleaved loop (ours, then each peer, every repetition): dm_pix in this
 process; pytorch_msssim and piq in a subprocess of `--peers-python` (torch lives in another venv),
 which serves one timed call per request, so both sides see the same load. `speed-up` is the peer's
-median over ours. The authors' Watson-DFT is not re-implemented here (its column is absent).
+median over ours. `reference.watson_dft` is the authors' Watson-DFT computation (rfft2 of 8x8
+blocks, atan2 / acos phase, per-channel loop) written in torch from ../shared/reference/WATSON.md,
+so that it can be timed on the machine at hand.
 
 Peak memory: ours is XLA's compiled `memory_analysis()` (arguments + outputs + temporaries:
 exactly what the executable allocates). A torch peer's figure (marked *) is the growth of the
@@ -39,8 +41,7 @@ def _set_threads_before_jax(argv: list[str]) -> int:
       threads = int(arg.split("=", 1)[1])
   if threads == 1:
     os.environ["XLA_FLAGS"] = (
-      os.environ.get("XLA_FLAGS", "")
-      + " --xla_cpu_multi_thread_eigen=false"
+      os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
     ).strip()
   return threads
 
@@ -72,6 +73,40 @@ import torch
 if os.environ.get("THREADS") == "1":
   torch.set_num_threads(1)
 import pytorch_msssim, piq
+EPS = 1e-10
+def watson_dft_reference(x, y):
+  # The authors' Watson-DFT as ../shared/reference/WATSON.md describes it (written from that
+  # description; their code is not copied): per channel (YCbCr for colour), 8x8 blocks, rfft2 / 64,
+  # tensor parameters of a trained set's shapes (values matter little for the time).
+  c = x.shape[1]
+  if c == 3:
+    m = torch.tensor([[.299, .587, .114], [-.1687, -.3313, .5], [.5, -.4187, -.0813]])
+    off = torch.tensor([0.0, 0.5, 0.5]).view(1, 3, 1, 1)
+    x, y = torch.einsum("ij,bjhw->bihw", m, x) + off, torch.einsum("ij,bjhw->bihw", m, y) + off
+  weights = torch.softmax(torch.zeros(3), 0) if c == 3 else torch.ones(1)
+  t, alpha, w, beta = torch.ones(8, 5), torch.tensor(0.15), torch.tensor(0.3), torch.tensor(0.6)
+  w_phase = torch.full((8, 5), 0.1)
+  w_phase[0, 0] = w_phase[0, 4] = w_phase[4, 0] = w_phase[4, 4] = 0.0
+  def blocks(z):
+    b, h, w_ = z.shape
+    return z.reshape(b, h // 8, 8, w_ // 8, 8).permute(0, 1, 3, 2, 4).reshape(b, -1, 8, 8)
+  total = 0.0
+  for ch in range(c):
+    f0, f1 = torch.fft.rfft2(blocks(x[:, ch])) / 64, torch.fft.rfft2(blocks(y[:, ch])) / 64
+    a0 = torch.sqrt((f0.real + EPS) ** 2 + (f0.imag + EPS) ** 2)
+    a1 = torch.sqrt((f1.real + EPS) ** 2 + (f1.imag + EPS) ** 2)
+    lum = a0[..., 0, 0].mean()
+    tl = t * (((a0[..., 0, 0] + EPS) / (lum + EPS)) ** alpha)[..., None, None]
+    contrast = (a0 + EPS) ** w * tl ** (1 - w)
+    e_tl, e_c = torch.exp(tl), torch.exp(contrast)
+    s = (tl * e_tl + contrast * e_c) / (e_tl + e_c)
+    d = (torch.abs(a0 - a1) / s + EPS) ** beta + EPS
+    watson = d.sum((1, 2, 3)) ** (1 / beta)
+    ph0 = torch.atan2(f0.imag, f0.real + EPS)
+    ph1 = torch.atan2(f1.imag, f1.real + EPS)
+    phase = (w_phase * torch.acos(torch.cos(ph0 - ph1) * (1 - 1e-7))).sum((1, 2, 3))
+    total = total + weights[ch] * (watson + phase)
+  return total
 def make(name, b, h, c):
   g = torch.Generator().manual_seed(0)
   x = torch.rand(b, c, h, h, generator=g)
@@ -80,6 +115,8 @@ def make(name, b, h, c):
     f = lambda: 1 - pytorch_msssim.ssim(x, y, data_range=1.0, size_average=False)
   elif name == "pytorch_msssim.ms_ssim":
     f = lambda: 1 - pytorch_msssim.ms_ssim(x, y, data_range=1.0, size_average=False)
+  elif name == "reference.watson_dft":
+    f = lambda: watson_dft_reference(x, y)
   elif name == "piq.gmsd":
     f = lambda: piq.gmsd(x, y, data_range=1.0, reduction="none")
   else:
@@ -112,6 +149,7 @@ PEERS = {  # our registry name -> peer implementations of the same metric
   "ssim": ("pytorch_msssim.ssim", "dm_pix.ssim"),
   "ms_ssim": ("pytorch_msssim.ms_ssim",),
   "gmsd": ("piq.gmsd",),
+  "watson_dft": ("reference.watson_dft",),  # the authors' formula in torch, see PEER_SERVER
 }
 # Median ms measured on this CPU, one core, before this library (issue 2), grey / colour.
 PEERS_TODAY = (
@@ -269,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
           g = _dm_pix_ssim()
           mem = _memory_mb(g.lower(y, x, None).compile())
           contenders[peer] = ((lambda g=g, x=x, y=y: g(y, x, None)), mem, name)
-        elif peers and peer.startswith(("pytorch_msssim", "piq")):
+        elif peers and peer.startswith(("pytorch_msssim", "piq", "reference.")):
           request = {"case": [peer, b, h, c]}
           contenders[peer] = ((lambda r=request: peers.ask(r)), None, name)
     times = {label: [] for label in contenders}

@@ -29,8 +29,7 @@ def _set_threads_before_jax(argv: list[str]) -> int | None:
       threads = int(arg.split("=", 1)[1])
       if threads == 1:
         os.environ["XLA_FLAGS"] = (
-          os.environ.get("XLA_FLAGS", "")
-          + " --xla_cpu_multi_thread_eigen=false"
+          os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
         ).strip()
       return threads
   return None
