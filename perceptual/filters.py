@@ -11,8 +11,8 @@ shifted slices (a sum of pads) about 10x slower, than this. `filter_separable` w
 C]` in place, viewed as `[B, H, W * C]` (a shift by one column is a shift by C elements), so no
 channel transpose is needed: for colour images that transpose cost as much as the filter. The
 second pass, and each transposed pass of the backward, is evaluated once into memory (see
-`_materialized`) rather than recomputed inside every consumer. Being a `custom_vjp`, the filters support `grad`/`vjp`, `jit`, `vmap` and
-sharding but not forward-mode `jvp`.
+`_materialized`) rather than recomputed inside every consumer. Being a `custom_vjp`, the filters
+support `grad`/`vjp`, `jit`, `vmap` and sharding but not forward-mode `jvp`.
 """
 
 import functools
