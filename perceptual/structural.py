@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from perceptual import checks, filters
+from perceptual import batching, checks, filters
 
 # Wang et al. 2003, Table 1: exponents of the five scales, finest first.
 WANG_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -68,19 +68,10 @@ def ssim(
   Returns:
     Mean SSIM per image, `[B]`, in [-1, 1].
   """
-  return jnp.mean(
-    ssim_map(
-      x,
-      y,
-      max_val=max_val,
-      filter_size=filter_size,
-      filter_sigma=filter_sigma,
-      k1=k1,
-      k2=k2,
-      padding=padding,
-    ),
-    axis=(1, 2, 3),
-  )
+  x, y = _checked(x, y, "ssim", filter_size, padding, scales=1)
+  options = (max_val, filter_size, filter_sigma, k1, k2, padding)
+  mean_ssim = lambda pair, _: jnp.mean(_ssim_values(*pair, *options), axis=(1, 2))
+  return batching.map_batch(mean_ssim, (x, y))
 
 
 def ssim_map(
@@ -103,9 +94,10 @@ def ssim_map(
     The SSIM map `[B, H', W', C]`: H' = H - filter_size + 1 with padding="VALID", H with "SAME".
   """
   x, y = _checked(x, y, "ssim", filter_size, padding, scales=1)
-  lum, cs = _ssim_terms(x, y, max_val, filter_size, filter_sigma, k1, k2, padding)
+  options = (max_val, filter_size, filter_sigma, k1, k2, padding)
+  values = batching.map_batch(lambda pair, _: _ssim_values(*pair, *options), (x, y))
   b, _, _, c = x.shape
-  return _at_most_one(lum * cs).reshape(b, lum.shape[1], -1, c)
+  return values.reshape(b, values.shape[1], -1, c)
 
 
 def ms_ssim(
@@ -164,6 +156,12 @@ def ms_ssim(
   if normalize not in ("relu", "simple"):
     raise ValueError(f'normalize must be "relu" or "simple", got {normalize!r}.')
   x, y = _checked(x, y, "ms_ssim", filter_size, padding, scales=len(weights))
+  options = (max_val, filter_size, filter_sigma, k1, k2, padding, weights, normalize)
+  return batching.map_batch(lambda pair, _: _ms_ssim_values(*pair, *options), (x, y))
+
+
+def _ms_ssim_values(x, y, max_val, filter_size, filter_sigma, k1, k2, padding, weights, normalize):
+  """MS-SSIM of checked images, `[B]`."""
   terms = []
   for scale in range(len(weights)):
     if scale:
@@ -197,6 +195,12 @@ def _checked(x, y, metric: str, filter_size: int, padding: str, scales: int):
     hint = f'Pass a smaller filter_size (now {filter_size}) or padding="SAME".'
   checks.check_min_size(x, min_size, metric=metric, hint=hint)
   return x, y
+
+
+def _ssim_values(x, y, max_val, filter_size, filter_sigma, k1, k2, padding):
+  """The SSIM map of checked images as `[B, H', W' * C]`."""
+  lum, cs = _ssim_terms(x, y, max_val, filter_size, filter_sigma, k1, k2, padding)
+  return _at_most_one(lum * cs)
 
 
 def _ssim_terms(x, y, max_val, filter_size, filter_sigma, k1, k2, padding):

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from perceptual import checks
+from perceptual import batching, checks
 from perceptual.pixel import abs_sign_grad
 
 EPS = 1e-10  # the reference's guard, kept wherever it changes values or gradients
@@ -356,7 +356,12 @@ def watson_dct(
   )
   lum = _luminance(x, "dct", luminance)
   mask = _dropout(dropout_key, dropout_rate, x, 64)
-  return _dct(x, y, lum, mask, p=p) @ weights.astype(x.dtype)
+
+  def per_image(images, shared):
+    (x, y, lum, mask), (p, weights) = images, shared
+    return _dct(x, y, lum, mask, p=p) @ weights.astype(x.dtype)
+
+  return batching.map_batch(per_image, (x, y, lum, mask), (p, weights))
 
 
 def watson_dft(
@@ -421,6 +426,11 @@ def watson_dft(
     w_phase = w_phase.at[:, _DFT_REAL_BINS].set(0)
   lum = _luminance(x, "dft", luminance)
   keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
-  masks = [_dropout(k, dropout_rate, x, 40) for k in keys]
-  dft = functools.partial(_dft, p=p, w_phase=w_phase, stable=formulation == "stable")
-  return dft(x, y, lum, *masks) @ weights.astype(x.dtype)
+  masks = tuple(_dropout(k, dropout_rate, x, 40) for k in keys)
+
+  def per_image(images, shared):
+    (x, y, lum, masks), (p, w_phase, weights) = images, shared
+    d = _dft(x, y, lum, *masks, p=p, w_phase=w_phase, stable=formulation == "stable")
+    return d @ weights.astype(x.dtype)
+
+  return batching.map_batch(per_image, (x, y, lum, masks), (p, w_phase, weights))
