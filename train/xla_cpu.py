@@ -13,9 +13,18 @@ therefore only helps before the first computation (the `python -m train.<model>`
 call it first; in a notebook, call it in the first cell). It is a no-op when XLA_FLAGS already
 chooses YNNPACK's fusions, and for jaxlib versions not checked to know the flag (an unknown flag
 in XLA_FLAGS aborts the process).
+
+`apply()` also makes glibc's malloc keep freed memory for reuse (`reuse_freed_memory`): XLA
+allocates each step's buffers afresh on its own threads, and glibc serves allocations above
+64 MB on non-main threads with new `mmap`s whose pages the kernel faults in and zeroes on first
+touch: 51,700 page faults and 141 ms of system time in every 780 ms MNIST VAE step (two 16.8M
+weight matrices, their gradients and Adam moments). With one arena, no mmap and no trimming,
+the pages are reused: 5,200 faults, 16 ms, the step 7-8 % faster.
 """
 
+import ctypes
 import os
+import sys
 
 import jaxlib  # the version only: importing starts no backend
 
@@ -32,7 +41,11 @@ def _jaxlib_version() -> tuple[int, int] | None:
 
 
 def apply() -> bool:
-  """Adds `FLAG` to XLA_FLAGS if it is safe and not overridden; returns whether it is in effect."""
+  """Adds `FLAG` to XLA_FLAGS if it is safe and not overridden; returns whether it is in effect.
+
+  Also calls `reuse_freed_memory()`.
+  """
+  reuse_freed_memory()
   flags = os.environ.get("XLA_FLAGS", "")
   if "xla_cpu_experimental_ynn_fusion_type" in flags:
     return FLAG in flags.split()
@@ -42,3 +55,27 @@ def apply() -> bool:
   # First: XLA's parser ignores whatever follows a token that is not a flag.
   os.environ["XLA_FLAGS"] = f"{FLAG} {flags}".strip()
   return True
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's mallopt parameters
+
+
+def reuse_freed_memory() -> bool:
+  """Tells glibc's malloc to keep freed memory in one heap; returns whether it was applied.
+
+  Same effect as `MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647` in the
+  environment, but settable from Python: the arena limit counts only if set before threads other
+  than the main one first allocate (before JAX starts its backend). The process keeps its peak
+  heap instead of returning freed pages to the system. Left alone (False) off Linux/glibc and when
+  the environment already sets any glibc malloc tuning.
+  """
+  if not sys.platform.startswith("linux") or any(
+    name.startswith("MALLOC_") or name == "GLIBC_TUNABLES" for name in os.environ
+  ):
+    return False
+  try:
+    mallopt = ctypes.CDLL("libc.so.6").mallopt
+  except (OSError, AttributeError):  # musl and others: no mallopt
+    return False
+  settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+  return all(mallopt(option, value) == 1 for option, value in settings)
