@@ -4,16 +4,22 @@ The metrics are chains of elementwise loops over full-size planes (filtered stat
 transforms), so on CPU they run at memory speed once the working set leaves the cache: SSIM of
 128 colour 64x64 images took 9x as long as of 128 grey ones, not 3x. Evaluating the batch a few
 images at a time keeps every intermediate in cache. `map_batch` does this with `lax.map` and a
-custom VJP whose backward pass recomputes each chunk's forward and gradient together (no
-residuals of the whole batch are stored), summing the gradients of the shared arguments (e.g.
-Watson parameters) over chunks. On other backends, and for batches that fit one chunk, it is a
-plain call: accelerators want the whole batch at once.
+custom VJP. For one value per image (every metric) and nothing shared to differentiate, the
+forward pass under differentiation computes each chunk's values and input gradients together,
+while the chunk is in cache (image i's gradient is its cotangent times the gradient of its own
+value), and the backward pass only scales them. Otherwise (per-pixel outputs such as the SSIM map,
+or gradients w.r.t. shared arguments such as Watson parameters being fitted) the backward pass
+recomputes each chunk's forward and gradient, summing the shared gradients over chunks. On other
+backends, and for batches that fit one chunk, it is a plain call: accelerators want the whole
+batch at once.
 
-Chunk k holds images k, k + n, k + 2n, ... of a batch split into n chunks, so that a batch
-sharded over devices (contiguous blocks) gives every device its share of every chunk and stays
-sharded. A batch that is not a multiple of the chunk is padded with copies of its last image,
-whose values are dropped and whose cotangents are zero. Being a
-`custom_vjp`, a chunked call supports `grad`/`vjp`, `jit` and `vmap`, not forward-mode `jvp`.
+With one device, chunks are contiguous runs of the batch (a free reshape). With several, chunk k
+holds images k, k + n, k + 2n, ... of a batch split into n chunks, so that a batch sharded over
+devices (contiguous blocks) gives every device its share of every chunk and stays sharded (the
+interleaving costs a transpose of every input and gradient). A batch that is not a multiple of the
+chunk is padded with copies of its last image, whose values are dropped and whose cotangents are
+zero. Being a `custom_vjp`, a chunked call supports `grad`/`vjp`, `jit` and `vmap`, not forward-mode
+`jvp`.
 """
 
 from collections.abc import Callable
@@ -64,11 +70,15 @@ def map_batch(fn: Callable[[Any, Any], Any], batched: Any, shared: Any = ()) -> 
     def one(v):
       if extra:
         v = jnp.pad(v, [(0, extra)] + [(0, 0)] * (v.ndim - 1), mode=pad_mode)
+      if devices == 1:
+        return v.reshape(count, chunk, *v.shape[1:])  # contiguous chunks: a free reshape
       return jnp.swapaxes(v.reshape(chunk, count, *v.shape[1:]), 0, 1)
 
     return jax.tree.map(one, tree)
 
   def merge(tree):
+    if devices == 1:
+      return jax.tree.map(lambda v: v.reshape(-1, *v.shape[2:])[:batch], tree)
     return jax.tree.map(lambda v: jnp.swapaxes(v, 0, 1).reshape(-1, *v.shape[2:])[:batch], tree)
 
   @jax.custom_vjp
