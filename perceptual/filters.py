@@ -11,7 +11,7 @@ shifted slices (a sum of pads) about 10x slower, than this. `filter_separable` w
 C]` in place, viewed as `[B, H, W * C]` (a shift by one column is a shift by C elements), so no
 channel transpose is needed: for colour images that transpose cost as much as the filter. The
 second pass, and each transposed pass of the backward, is evaluated once into memory (see
-`_materialized`) rather than recomputed inside every consumer. Being a `custom_vjp`, the filters
+`materialized`) rather than recomputed inside every consumer. Being a `custom_vjp`, the filters
 support `grad`/`vjp`, `jit`, `vmap` and sharding but not forward-mode `jvp`.
 """
 
@@ -74,7 +74,7 @@ def filter_separable(x: jax.Array, kernel: np.ndarray, *, padding: str = "VALID"
   taps, x = _taps_and_padded(x, kernel, padding, spatial=(-3, -2))
   *lead, h, w, c = x.shape
   planes = _shift_filter(x.reshape(*lead, h, w * c), taps, -2, 1)
-  planes = _materialized(lambda p: _shift_filter(p, taps, -1, c), planes)
+  planes = materialized(lambda p: _shift_filter(p, taps, -1, c), planes)
   return planes.reshape(*lead, h - len(taps) + 1, w - len(taps) + 1, c)
 
 
@@ -112,7 +112,7 @@ def _taps_and_padded(x, kernel, padding, spatial):
   return taps, x
 
 
-def _materialized(f, x: jax.Array) -> jax.Array:
+def materialized(f, x: jax.Array) -> jax.Array:
   """`f(x)`, computed once into a buffer that its consumers read.
 
   XLA fuses a cheap producer (here the last filter pass, slices and adds) into each consumer and
@@ -159,7 +159,7 @@ def _shift_filter_bwd(taps, axis, step, _, ct):
   reach = (len(taps) - 1) * step
   pads[axis % ct.ndim] = (reach, reach, 0)
   full = lambda t: _shift_sum(jax.lax.pad(t, jnp.zeros((), t.dtype), pads), taps[::-1], axis, step)
-  return (_materialized(full, ct),)
+  return (materialized(full, ct),)
 
 
 _shift_filter.defvjp(_shift_filter_fwd, _shift_filter_bwd)

@@ -204,7 +204,7 @@ def _phase_reference(re0, im0, re1, im1) -> jax.Array:
 
 @jax.custom_vjp
 def _stored_cotangent(v: jax.Array) -> jax.Array:
-  """Identity whose cotangent is evaluated once into memory (see `filters._materialized`).
+  """Identity whose cotangent is evaluated once into memory (see `filters.materialized`).
 
   The amplitude, inverse norm, gate, cross and dot product of y's coefficients feed both the
   real and the imaginary part's gradient; without a stored cotangent XLA recomputed the whole
@@ -215,7 +215,7 @@ def _stored_cotangent(v: jax.Array) -> jax.Array:
 
 
 _stored_cotangent.defvjp(
-  lambda v: (v, None), lambda _, ct: (filters._materialized(lambda c: c * 1.0, ct),)
+  lambda v: (v, None), lambda _, ct: (filters.materialized(lambda c: c * 1.0, ct),)
 )
 
 
