@@ -218,10 +218,10 @@ def save_pictures(networks, state, test: data.Split, config: Config) -> dict[str
   """Samples, reconstructions, interpolations, similarity maps, M_global curve, distance table."""
   gen, disc = networks
   g_params, d_params = jax.device_get((state.g_params, state.d_params))
-  generate = jax.jit(lambda p, z: jnp.clip(gen.apply(p, z), 0.0, 1.0))
+  generate = lambda p, z: jnp.clip(loop.apply(gen, p, z), 0.0, 1.0)  # noqa: E731
   z = began_models.sample_latent(jax.random.key(config.seed), 64, config.hidden_size)
   x = test.gather(np.linspace(0, len(test) - 1, 16).astype(int))["image"]
-  recon = np.asarray(jax.jit(disc.apply)(d_params, x))
+  recon = np.asarray(loop.apply(disc, d_params, x))
   t = np.linspace(0.0, 1.0, 10)[None, :, None]
   path = lambda name: os.path.join(config.workdir, name)  # noqa: E731
   paths = {

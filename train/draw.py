@@ -12,6 +12,7 @@ checkpoints/ and reconstructions.png, samples.png, canvas_samples.png, canvas_re
 """
 
 import dataclasses
+import functools
 import os
 from typing import Any, NamedTuple
 
@@ -173,16 +174,19 @@ def create(config: Config):
   return model, tx, TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
 
+@functools.partial(jax.jit, static_argnums=(0, 3))  # compiled once for every epoch's samples
+def _generate(model: draw_models.Draw, params, key: jax.Array, batch_size: int):
+  return model.apply(params, key, batch_size, method=draw_models.Draw.generate)
+
+
 def save_pictures(
   model: draw_models.Draw, state: TrainState, test: data.Split, workdir: str, *, seed: int
 ) -> dict[str, str]:
   """Reconstructions, samples and the canvas sequences (one row per image, T columns) as PNGs."""
   params = jax.device_get(state.params)
   x = test.gather(np.linspace(0, len(test) - 1, 32).astype(int))["image"]  # all classes
-  recon = jax.jit(lambda p, x: model.apply(p, x, jax.random.key(seed)))(params, x)
-  sample, canvases = jax.jit(
-    lambda p: model.apply(p, jax.random.key(seed), 64, method=draw_models.Draw.generate)
-  )(params)
+  recon = loop.apply(model, params, x, jax.random.key(seed))
+  sample, canvases = _generate(model, params, jax.random.key(seed), 64)
   steps = recon.canvases.shape[0]
 
   def sequence(c):  # [T, B, H, W, C] -> 8 rows of T canvases

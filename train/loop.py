@@ -12,6 +12,7 @@ same randomness as an uninterrupted one, and the data position is derived from t
 """
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -47,6 +48,17 @@ def settings_from(config: Any, **overrides: Any) -> Settings:
   """Picks the loop's settings out of any trainer config that has those fields."""
   fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
   return Settings(**{k: fields[k] for k in Settings._fields if k in fields}, **overrides)
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames="method")
+def apply(module: Any, variables: Any, *args: Any, method: Any = None) -> Any:
+  """`module.apply(variables, *args, method=method)` jitted, compiled once per module and shapes.
+
+  For the pictures trainers draw at every epoch end: a `jax.jit(lambda ...)` built inside the
+  picture function is a new function each time and recompiled each epoch (5 s of the MNIST
+  VAE's 80 s epoch). Flax modules are hashable dataclasses, so the module is a static argument.
+  """
+  return module.apply(variables, *args, method=method)
 
 
 def jit_train_step(train_step: Callable, mesh: jax.sharding.Mesh, seed: int) -> Callable:

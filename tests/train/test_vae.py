@@ -65,6 +65,19 @@ def test_default_run_logs_every_metric():
     assert np.isfinite(test["test_psnr"])
 
 
+def test_pictures_reuse_compiled_programs():
+  # save_pictures runs at every epoch end; a jit built inside it recompiled each time (5 s/epoch).
+  config = vae_train.resolve(vae_train.Config(loss="l2", arch="tiny", workdir="unused"))
+  dataset = data.load(config.dataset, image_size=32, channels=1, seed=0)
+  model, _, state = vae_train.create(config, steps_per_epoch=1)
+  with tempfile.TemporaryDirectory() as workdir:
+    first = vae_train.save_pictures(model, state, dataset.test, workdir, seed=0)
+    compiled = loop.apply._cache_size()
+    state = state._replace(params=jax.tree.map(lambda p: p + 1.0, state.params))
+    assert vae_train.save_pictures(model, state, dataset.test, workdir, seed=0) == first
+    assert loop.apply._cache_size() == compiled
+
+
 def test_config_change_on_resume_is_refused():
   with tempfile.TemporaryDirectory() as workdir:
     vae_train.train(vae_train.Config(loss="l2", arch="tiny", workdir=workdir, max_steps=1, **FAST))
