@@ -269,16 +269,24 @@ def _prepare(x, y, params, key, kind, metric, luminance, dropout_key, dropout_ra
     pad = lambda z: jnp.pad(z, ((0, 0), (4, 4), (4, 4), (0, 0)), mode="edge")
     crop = lambda z: jax.lax.dynamic_slice(pad(z), (0, sy, sx, 0), (b, h, w, c))
     x, y = crop(x), crop(y)
-  if channels == 3:
-    ycbcr = lambda z: jnp.stack(
-      [
-        r[0] * z[..., 0] + r[1] * z[..., 1] + r[2] * z[..., 2] + o
-        for r, o in zip(_YCBCR, (0, 0.5, 0.5), strict=True)
-      ],
-      axis=-1,
-    )
-    x, y = ycbcr(x), ycbcr(y)
-  return x, y, p, weights
+  return _ycbcr(x), _ycbcr(y), p, weights
+
+
+def _ycbcr(z: jax.Array) -> jax.Array:
+  """RGB `[..., 3]` -> the reference's YCbCr; grey `[..., 1]` unchanged.
+
+  On the whole batch, before the chunks: inside them, the conversion and the block transpose
+  became one slow strided copy (10 ms of a 128-image colour call instead of 5 ms saved).
+  """
+  if z.shape[-1] == 1:
+    return z
+  return jnp.stack(
+    [
+      r[0] * z[..., 0] + r[1] * z[..., 1] + r[2] * z[..., 2] + o
+      for r, o in zip(_YCBCR, (0, 0.5, 0.5), strict=True)
+    ],
+    axis=-1,
+  )
 
 
 def _dropout(key, rate, x, bins):
@@ -293,7 +301,11 @@ def _dropout(key, rate, x, bins):
 def _luminance(x: jax.Array, kind: str, luminance: str) -> jax.Array:
   """Mean DC coefficient (DFT: DC amplitude) of x's blocks, `[B, C]`, per image or batch-wide."""
   b, h, w, c = x.shape
-  means = jnp.mean(x.reshape(b, h // 8, 8, w // 8, 8, c), axis=(2, 4))
+  # Rows, then columns, each a reduction over one axis: one reduction over both axes of the 6-D
+  # view goes to a YNNPACK fusion on CPU (jaxlib 0.10) that took 7.6 ms for 128 colour 64x64
+  # images instead of 2.4 (reading them once).
+  rows = jnp.sum(x.reshape(b, h // 8, 8, w * c), axis=2)
+  means = jnp.sum(rows.reshape(b, h // 8, w // 8, 8, c), axis=3) * (1 / 64)
   dc = 8 * means if kind == "dct" else jnp.sqrt((means + EPS) ** 2 + EPS**2)
   lum = jnp.mean(dc, axis=(1, 2))
   return jnp.broadcast_to(jnp.mean(lum, axis=0), lum.shape) if luminance == "batch" else lum
