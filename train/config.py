@@ -108,12 +108,17 @@ def replace(config: Any, **overrides: Any) -> Any:
   return dataclasses.replace(config, **overrides)
 
 
-# Fields that may change between a run and its resumption: how long to train, how to show it, and
-# how the processes of a multi-host launch find each other (the data position follows the step).
+# Fields that may change between a run and its resumption: how long to train, how to show and
+# store it, where it lives (a run folder copied or moved elsewhere resumes there), and how the
+# processes of a multi-host launch find each other (the data position follows the step).
 RESUMABLE = (
   "epochs",
   "max_steps",
   "progress",
+  "log_every",
+  "checkpoint_every",
+  "keep_checkpoints",
+  "workdir",
   "coordinator_address",
   "num_processes",
   "process_id",

@@ -50,3 +50,22 @@ def test_entry_point_main_block_is_one_call(path):
   tree = ast.parse((REPO / path).read_text())
   blocks = [n for n in tree.body if isinstance(n, ast.If) and "__main__" in ast.unparse(n.test)]
   assert len(blocks) == 1 and len(blocks[0].body) == 1, ast.unparse(blocks[0])
+
+
+def test_moved_run_resumes_and_changed_training_is_refused(tmp_path):
+  from train import config as config_lib
+  from train import vae
+
+  first = vae.resolve(vae.Config(loss="l2", arch="tiny", workdir=str(tmp_path / "a")))
+  config_lib.save(first, first.workdir)
+  moved = tmp_path / "b"
+  os.rename(first.workdir, moved)
+  # Where the run lives and how often it logs or checkpoints may change on resume ...
+  config_lib.save(
+    vae.resolve(vae.Config(loss="l2", arch="tiny", workdir=str(moved), log_every=5)), str(moved)
+  )
+  # ... what it trains may not.
+  with pytest.raises(ValueError, match=r"different config \(seed: 0 -> 1\)"):
+    config_lib.save(
+      vae.resolve(vae.Config(loss="l2", arch="tiny", workdir=str(moved), seed=1)), str(moved)
+    )
