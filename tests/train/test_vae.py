@@ -70,12 +70,21 @@ def test_pictures_reuse_compiled_programs():
   config = vae_train.resolve(vae_train.Config(loss="l2", arch="tiny", workdir="unused"))
   dataset = data.load(config.dataset, image_size=32, channels=1, seed=0)
   model, _, state = vae_train.create(config, steps_per_epoch=1)
+  compiles = []  # programs traced for compilation
+
+  def record(event, duration, **kwargs):
+    if event == "/jax/core/compile/jaxpr_trace_duration":  # traced anew (even on a disk-cache hit)
+      compiles.append(duration)
+
   with tempfile.TemporaryDirectory() as workdir:
     first = vae_train.save_pictures(model, state, dataset.test, workdir, seed=0)
-    compiled = loop.apply._cache_size()
     state = state._replace(params=jax.tree.map(lambda p: p + 1.0, state.params))
-    assert vae_train.save_pictures(model, state, dataset.test, workdir, seed=0) == first
-    assert loop.apply._cache_size() == compiled
+    jax.monitoring.register_event_duration_secs_listener(record)
+    try:
+      assert vae_train.save_pictures(model, state, dataset.test, workdir, seed=0) == first
+    finally:
+      jax.monitoring.unregister_event_duration_listener(record)
+  assert compiles == [], f"the second epoch's pictures traced {len(compiles)} programs"
 
 
 def test_config_change_on_resume_is_refused():
