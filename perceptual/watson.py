@@ -269,7 +269,7 @@ def _prepare(x, y, params, key, kind, metric, luminance, dropout_key, dropout_ra
     pad = lambda z: jnp.pad(z, ((0, 0), (4, 4), (4, 4), (0, 0)), mode="edge")
     crop = lambda z: jax.lax.dynamic_slice(pad(z), (0, sy, sx, 0), (b, h, w, c))
     x, y = crop(x), crop(y)
-  return _ycbcr(x), _ycbcr(y), p, weights
+  return x, y, p, weights
 
 
 def _ycbcr(z: jax.Array) -> jax.Array:
@@ -299,13 +299,18 @@ def _dropout(key, rate, x, bins):
 
 
 def _luminance(x: jax.Array, kind: str, luminance: str) -> jax.Array:
-  """Mean DC coefficient (DFT: DC amplitude) of x's blocks, `[B, C]`, per image or batch-wide."""
+  """Mean DC coefficient (DFT: DC amplitude) of x's YCbCr blocks, `[B, C]`, per image or batch.
+
+  Takes x before the colour conversion: a block's mean is linear in its pixels, so the block means
+  of the RGB input are converted (64x less data than converting x again: the whole-batch YCbCr of
+  x fed this reduction as a second full-size pass).
+  """
   b, h, w, c = x.shape
   # Rows, then columns, each a reduction over one axis: one reduction over both axes of the 6-D
   # view goes to a YNNPACK fusion on CPU (jaxlib 0.10) that took 7.6 ms for 128 colour 64x64
   # images instead of 2.4 (reading them once).
   rows = jnp.sum(x.reshape(b, h // 8, 8, w * c), axis=2)
-  means = jnp.sum(rows.reshape(b, h // 8, w // 8, 8, c), axis=3) * (1 / 64)
+  means = _ycbcr(jnp.sum(rows.reshape(b, h // 8, w // 8, 8, c), axis=3) * (1 / 64))
   dc = 8 * means if kind == "dct" else jnp.sqrt((means + EPS) ** 2 + EPS**2)
   lum = jnp.mean(dc, axis=(1, 2))
   return jnp.broadcast_to(jnp.mean(lum, axis=0), lum.shape) if luminance == "batch" else lum
@@ -385,6 +390,7 @@ def watson_dct(
     x, y, params, key, "dct", "watson_dct", luminance, dropout_key, dropout_rate, fitting
   )
   lum = _luminance(x, "dct", luminance)
+  x, y = _ycbcr(x), _ycbcr(y)
   mask = _dropout(dropout_key, dropout_rate, x, 64)
 
   def per_image(images, shared):
@@ -455,6 +461,7 @@ def watson_dft(
   if not fitting:
     w_phase = w_phase.at[:, _DFT_REAL_BINS].set(0)
   lum = _luminance(x, "dft", luminance)
+  x, y = _ycbcr(x), _ycbcr(y)
   keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
   masks = tuple(_dropout(k, dropout_rate, x, 40) for k in keys)
 
