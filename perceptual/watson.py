@@ -133,9 +133,9 @@ _DCT_BASIS, _DFT_BASES = _dct_basis(), _dft_bases()
 
 
 def _blocks(z: jax.Array, *bases: np.ndarray) -> list[jax.Array]:
-  """`[B, H, W, C]` -> per 8x8 block coefficients `[B, C, K, F]` for each basis `[8, 8, F]`."""
-  b, h, w, c = z.shape
-  z = z.reshape(b, h // 8, 8, w // 8, 8, c).transpose(0, 5, 1, 3, 2, 4).reshape(-1, 64)
+  """Planes `[B, C, H, W]` -> per 8x8 block coefficients `[B, C, K, F]` per basis `[8, 8, F]`."""
+  b, c, h, w = z.shape
+  z = z.reshape(b, c, h // 8, 8, w // 8, 8).transpose(0, 1, 2, 4, 3, 5).reshape(-1, 64)
   # One [B C K, 64] x [64, F] GEMM per basis (forward and backward): several times faster on CPU
   # than jnp.fft or an einsum over the 6-D view. Separate GEMMs for real and imaginary parts: a
   # sliced output would make the backward pass one slow padded fusion. HIGHEST: no TF32 / bf16
@@ -151,13 +151,16 @@ def _blocks(z: jax.Array, *bases: np.ndarray) -> list[jax.Array]:
 def _thresholds(c0: jax.Array, lum: jax.Array, p: dict) -> jax.Array:
   """Watson's masked thresholds s `[B, C, K, F]` from the reference's coefficients (x only)."""
   col = lambda v: v[None, :, None, None]  # per-channel scalars against [B, C, K, F]
-  # Powers written as exp / log (XLA's pow is several times slower on CPU), logs of T kept.
-  log_t_l = p["t_tild"][None, :, None, :] + col(p["alpha"]) * (
+  # Powers written as exp / log (XLA's pow is several times slower on CPU). Luminance masking
+  # T_l = T (c0_DC / lum) ** alpha is a per-bin table times a per-block factor: one exp per
+  # block, not per coefficient (the exp / log chain is the largest part of the forward pass).
+  log_t = p["t_tild"][None, :, None, :]
+  log_masking = col(p["alpha"]) * (
     jnp.log(c0[..., :1] + EPS) - jnp.log(lum[:, :, None, None] + EPS)
   )
-  t_l = jnp.exp(log_t_l)
+  t_l = jnp.exp(log_t) * jnp.exp(log_masking)
   w = col(jax.nn.sigmoid(p["w_tild"]))
-  contrast = jnp.exp(w * jnp.log(abs_sign_grad(c0) + EPS) + (1 - w) * log_t_l)
+  contrast = jnp.exp(w * jnp.log(abs_sign_grad(c0) + EPS) + (1 - w) * (log_t + log_masking))
   return t_l + (contrast - t_l) * jax.nn.sigmoid(contrast - t_l)  # softmax-weighted max
 
 
@@ -165,13 +168,14 @@ def _terms(a: jax.Array, s: jax.Array, beta: jax.Array, *, stable: bool) -> jax.
   """Per-coefficient Watson terms `(a / s + EPS) ** beta` for differences a >= 0."""
   if not stable:
     return jnp.exp(beta * jnp.log(a * (1 / s) + EPS))
-  # (a / s) ** beta = (FLOOR / s) ** beta * t ** beta with t = a / FLOOR. Below t = 1 (rounding
+  # (a / s) ** beta = t ** beta (FLOOR / s) ** beta with t = a / FLOOR. Below t = 1 (rounding
   # noise, far below a grey level) t ** beta, whose slope is unbounded at 0 for beta < 1, is
-  # replaced by the quadratic with the same value and slope at 1 and 0 at 0.
+  # replaced by the quadratic with the same value and slope at 1 and 0 at 0. One log and one
+  # exp: (max(a, FLOOR) / s) ** beta is (a / s) ** beta above the floor, (FLOOR / s) ** beta below.
   t = a * (1 / AMPLITUDE_FLOOR)
   small = (2 - beta) * t + (beta - 1) * t * t
-  d = jnp.where(t < 1, small, jnp.exp(beta * jnp.log(jnp.maximum(t, 1))))
-  return d * jnp.exp(beta * (math.log(AMPLITUDE_FLOOR) - jnp.log(s)))
+  power = jnp.exp(beta * jnp.log(jnp.maximum(a, AMPLITUDE_FLOOR) * (1 / s)))
+  return jnp.where(t < 1, small, 1) * power
 
 
 def _pool(d: jax.Array, beta: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -272,28 +276,34 @@ def _prepare(x, y, params, key, kind, metric, luminance, dropout_key, dropout_ra
   return x, y, p, weights
 
 
-def _ycbcr(z: jax.Array) -> jax.Array:
-  """RGB `[..., 3]` -> the reference's YCbCr; grey `[..., 1]` unchanged.
-
-  On the whole batch, before the chunks: inside them, the conversion and the block transpose
-  became one slow strided copy (10 ms of a 128-image colour call instead of 5 ms saved).
-  """
+def _ycbcr(z: jax.Array, axis: int = -1) -> jax.Array:
+  """RGB `[..., 3]` -> the reference's YCbCr, channels stacked on `axis`; grey unchanged."""
   if z.shape[-1] == 1:
-    return z
+    return jnp.moveaxis(z, -1, axis)
   return jnp.stack(
     [
       r[0] * z[..., 0] + r[1] * z[..., 1] + r[2] * z[..., 2] + o
       for r, o in zip(_YCBCR, (0, 0.5, 0.5), strict=True)
     ],
-    axis=-1,
+    axis=axis,
   )
+
+
+def _planes(z: jax.Array) -> jax.Array:
+  """`[B, H, W, C]` -> YCbCr planes `[B, C, H, W]`, on the whole batch before the chunks.
+
+  Planes make the chunks' block transpose a shuffle of 8-pixel rows; with interleaved channels it
+  was a strided copy of single values. Converting inside the chunks fused the conversion with
+  that copy (10 ms of a 128-image colour call instead of the 5 ms saved).
+  """
+  return _ycbcr(z, axis=1)
 
 
 def _dropout(key, rate, x, bins):
   """The reference's nn.Dropout while fitting: keep with probability 1 - rate, rescale."""
   if key is None or rate == 0:
     return None
-  b, h, w, c = x.shape
+  b, c, h, w = x.shape
   keep = jax.random.bernoulli(key, 1 - rate, (b, c, h * w // 64, bins))
   return keep.astype(x.dtype) / (1 - rate)
 
@@ -390,7 +400,7 @@ def watson_dct(
     x, y, params, key, "dct", "watson_dct", luminance, dropout_key, dropout_rate, fitting
   )
   lum = _luminance(x, "dct", luminance)
-  x, y = _ycbcr(x), _ycbcr(y)
+  x, y = _planes(x), _planes(y)
   mask = _dropout(dropout_key, dropout_rate, x, 64)
 
   def per_image(images, shared):
@@ -461,7 +471,7 @@ def watson_dft(
   if not fitting:
     w_phase = w_phase.at[:, _DFT_REAL_BINS].set(0)
   lum = _luminance(x, "dft", luminance)
-  x, y = _ycbcr(x), _ycbcr(y)
+  x, y = _planes(x), _planes(y)
   keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
   masks = tuple(_dropout(k, dropout_rate, x, 40) for k in keys)
 
