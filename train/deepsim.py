@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from eval import deepsim as deepsim_eval
@@ -211,10 +212,18 @@ def make_steps(networks, txs, config: Config):
   return train_step, eval_step
 
 
-def create(config: Config, steps_per_epoch: int | None = None):
-  """The networks (generator, discriminator, encoder), the two optimizers and the state."""
+def create(
+  config: Config, steps_per_epoch: int | None = None, *, image_mean: tuple[float, ...] | None = None
+):
+  """The networks (generator, discriminator, encoder), the two optimizers and the state.
+
+  `image_mean`: the training images' per-channel mean, where the generator's output starts
+  (`image_mean(dataset.train)`); None starts it at 0.
+  """
   del steps_per_epoch  # constant learning rate
-  gen = models.Generator(config.image_size, config.channels, config.width, config.hidden)
+  gen = models.Generator(
+    config.image_size, config.channels, config.width, config.hidden, output_mean=image_mean
+  )
   disc = models.Discriminator(config.width, config.hidden // 2)
   enc = models.Encoder(config.latent, config.width)
   txs = tuple(optax.adam(config.learning_rate, config.beta1, config.beta2) for _ in range(2))
@@ -236,6 +245,12 @@ def create(config: Config, steps_per_epoch: int | None = None):
   return (gen, disc, enc), txs, state
 
 
+def image_mean(split: data.Split, *, count: int = 4096) -> tuple[float, ...]:
+  """Per-channel mean of the first `count` images of a split."""
+  images = split.gather(np.arange(min(len(split), count)))["image"]
+  return tuple(float(v) for v in np.mean(images, axis=(0, 1, 2), dtype=np.float64))
+
+
 def train(config: Config) -> DeepsimState:
   """Runs (or resumes) one training run; returns the final state."""
   config = resolve(config)
@@ -248,7 +263,7 @@ def train(config: Config) -> DeepsimState:
     seed=config.seed,
     **(sizes if config.dataset == "skimage_patches" else {}),
   )
-  networks, txs, state = create(config)
+  networks, txs, state = create(config, image_mean=image_mean(dataset.train))
   consts = make_consts(config)
   train_step, eval_step = make_steps(networks, txs, config)
 
