@@ -26,6 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models import layers
+
 LAMBDA_K = 0.001  # Berthelot et al. sec. 3.4; also Vertolli's models/cqs_cg/config.py.
 GAMMA = 0.5  # Berthelot et al.'s default diversity ratio; Vertolli trains gamma 0.5 and 0.7.
 _BASE = 8  # Spatial size of the innermost stage: both networks start / end at 8x8.
@@ -77,6 +79,7 @@ class Decoder(nn.Module):
   image_size: int
   channels: int = 3
   num_filters: int = 128
+  output_mean: tuple[float, ...] | None = None  # start of the last bias (`layers.output_bias`)
 
   @nn.compact
   def __call__(self, code: jax.Array) -> jax.Array:
@@ -89,7 +92,8 @@ class Decoder(nn.Module):
       x = nn.elu(_conv(self.num_filters)(x))
       if stage < stages - 1:
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)  # nearest-neighbour 2x
-    return _conv(self.channels)(x)
+    bias_init = layers.output_bias(self.output_mean, self.channels)
+    return nn.Conv(self.channels, (3, 3), padding="SAME", bias_init=bias_init)(x)
 
 
 class Encoder(nn.Module):
@@ -125,10 +129,14 @@ class Generator(nn.Module):
   image_size: int = 64
   channels: int = 3
   num_filters: int = 128
+  output_mean: tuple[float, ...] | None = None  # the training images' mean (see Decoder)
 
   @nn.compact
   def __call__(self, z: jax.Array) -> jax.Array:
-    return Decoder(self.image_size, self.channels, self.num_filters, name="decoder")(z)
+    decoder = Decoder(
+      self.image_size, self.channels, self.num_filters, self.output_mean, name="decoder"
+    )
+    return decoder(z)
 
 
 class Discriminator(nn.Module):
@@ -138,11 +146,15 @@ class Discriminator(nn.Module):
   channels: int = 3
   num_filters: int = 128
   hidden_size: int = 128
+  output_mean: tuple[float, ...] | None = None  # the training images' mean (see Decoder)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     h = Encoder(self.image_size, self.num_filters, self.hidden_size, name="encoder")(x)
-    return Decoder(self.image_size, self.channels, self.num_filters, name="decoder")(h)
+    decoder = Decoder(
+      self.image_size, self.channels, self.num_filters, self.output_mean, name="decoder"
+    )
+    return decoder(h)
 
 
 def sample_latent(key: jax.Array, batch_size: int, latent_size: int) -> jax.Array:

@@ -28,6 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models import layers
+
 LEAK = 0.3  # the paper's leaky ReLU slope
 BASE = 4  # side of the generator's first feature map
 
@@ -67,11 +69,8 @@ class Generator(nn.Module):
     channels: output channels.
     width: filters of the last stage; each earlier stage doubles them (capped at 8 * width).
     hidden: units of the two fully connected layers.
-    output_mean: per-channel value the output layer's bias starts from (the training images'
-      mean). The paper's networks work on mean-subtracted images, so their untrained generator
-      outputs the mean image; starting from 0 here (black) the brightness has to be learned
-      through Adam's bounded steps (lr 2e-4 per step on the bias), and a VAE at step 400 still
-      output images 0.17 darker than its inputs. None: zeros.
+    output_mean: per-channel start of the output layer's bias, the training images' mean
+      (`models.layers.output_bias`); None: zeros.
   """
 
   image_size: int = 64
@@ -91,16 +90,8 @@ class Generator(nn.Module):
     for features in filters:
       h = _leaky(UpConv(features)(h))
       h = _leaky(nn.Conv(features, (3, 3), padding="SAME")(h))
-    mean = self.output_mean
-    bias_init = nn.initializers.zeros if mean is None else _constant(mean, self.channels)
+    bias_init = layers.output_bias(self.output_mean, self.channels)
     return nn.Conv(self.channels, (3, 3), padding="SAME", bias_init=bias_init)(h)
-
-
-def _constant(values: tuple[float, ...], channels: int):
-  """Initializer of a `[channels]` bias with `values`."""
-  if len(values) != channels:
-    raise ValueError(f"output_mean has {len(values)} values for {channels} channels.")
-  return lambda key, shape, dtype=jnp.float32: jnp.asarray(values, dtype).reshape(shape)
 
 
 class Discriminator(nn.Module):

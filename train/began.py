@@ -244,12 +244,20 @@ def save_pictures(networks, state, test: data.Split, config: Config) -> dict[str
   return paths
 
 
-def create(config: Config, steps_per_epoch: int | None = None):
-  """The networks, optimizers and initial state of a resolved config."""
+def create(
+  config: Config, steps_per_epoch: int | None = None, *, image_mean: tuple[float, ...] | None = None
+):
+  """The networks, optimizers and initial state of a resolved config.
+
+  `image_mean`: the training images' per-channel mean (`data.channel_mean(dataset.train)`), where
+  the outputs of G and of D's decoder start; None starts them at 0 (black).
+  """
   del steps_per_epoch  # the schedule counts steps
   size, channels = config.image_size, config.channels
-  gen = began_models.Generator(size, channels, config.num_filters)
-  disc = began_models.Discriminator(size, channels, config.num_filters, config.hidden_size)
+  gen = began_models.Generator(size, channels, config.num_filters, image_mean)
+  disc = began_models.Discriminator(
+    size, channels, config.num_filters, config.hidden_size, image_mean
+  )
   txs = tuple(
     optax.adam(optax.exponential_decay(lr, config.halve_every, 0.5, staircase=True), config.beta1)
     for lr in (config.generator_learning_rate or config.learning_rate, config.learning_rate)
@@ -278,7 +286,7 @@ def train(config: Config) -> BeganState:
   dataset = data.load(
     config.dataset, image_size=config.image_size, channels=config.channels, seed=config.seed
   )
-  networks, txs, state = create(config)
+  networks, txs, state = create(config, image_mean=data.channel_mean(dataset.train))
   distance = perceptual.multi_distance(weights(config))
   parts = components(config.channels)
   consts = {

@@ -140,6 +140,12 @@ class _Rows:
     return self.source[self.index[index]]
 
 
+def channel_mean(split: Split, *, count: int = 4096) -> tuple[float, ...]:
+  """Per-channel mean of the first `count` images of a split (where generators start)."""
+  images = split.gather(np.arange(min(len(split), count)))["image"]
+  return tuple(float(v) for v in np.mean(images, axis=(0, 1, 2), dtype=np.float64))
+
+
 def subset(split: Split, index: np.ndarray) -> Split:
   """The examples of `split` at the int array `index`, in that order (gathered lazily)."""
   index = np.asarray(index, np.int64)

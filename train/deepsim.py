@@ -29,7 +29,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from eval import deepsim as deepsim_eval
@@ -218,7 +217,7 @@ def create(
   """The networks (generator, discriminator, encoder), the two optimizers and the state.
 
   `image_mean`: the training images' per-channel mean, where the generator's output starts
-  (`image_mean(dataset.train)`); None starts it at 0.
+  (`data.channel_mean(dataset.train)`); None starts it at 0.
   """
   del steps_per_epoch  # constant learning rate
   gen = models.Generator(
@@ -245,12 +244,6 @@ def create(
   return (gen, disc, enc), txs, state
 
 
-def image_mean(split: data.Split, *, count: int = 4096) -> tuple[float, ...]:
-  """Per-channel mean of the first `count` images of a split."""
-  images = split.gather(np.arange(min(len(split), count)))["image"]
-  return tuple(float(v) for v in np.mean(images, axis=(0, 1, 2), dtype=np.float64))
-
-
 def train(config: Config) -> DeepsimState:
   """Runs (or resumes) one training run; returns the final state."""
   config = resolve(config)
@@ -263,7 +256,7 @@ def train(config: Config) -> DeepsimState:
     seed=config.seed,
     **(sizes if config.dataset == "skimage_patches" else {}),
   )
-  networks, txs, state = create(config, image_mean=image_mean(dataset.train))
+  networks, txs, state = create(config, image_mean=data.channel_mean(dataset.train))
   consts = make_consts(config)
   train_step, eval_step = make_steps(networks, txs, config)
 

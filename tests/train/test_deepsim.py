@@ -117,24 +117,3 @@ def test_dropping_every_term_is_an_error():
   networks, txs, _ = deepsim.create(config)
   with pytest.raises(ValueError, match="keep at least one"):
     deepsim.make_steps(networks, txs, config)
-
-
-def test_generator_starts_from_the_image_mean():
-  """The output layer's bias starts at the training images' per-channel mean (the paper's
-  networks work on mean-subtracted images), so the untrained generator is not black."""
-  config = deepsim.Config(workdir="unused", task="vae", **TINY)
-  mean = (0.5, 0.25, 0.125)
-  networks, _, state = deepsim.create(config, image_mean=mean)
-  params = state.g_params["generator"]["params"]
-  last = params[max((k for k in params if k.startswith("Conv_")), key=lambda k: int(k[5:]))]
-  np.testing.assert_array_equal(last["bias"], np.asarray(mean, np.float32))
-  z = np.zeros((4, config.latent), np.float32)
-  out = networks[0].apply(state.g_params["generator"], z)
-  np.testing.assert_allclose(np.mean(out, axis=(0, 1, 2)), mean, atol=0.1)
-  images = np.broadcast_to(np.asarray(mean, np.float32), (6, 16, 16, 3))
-  split = type(
-    "Split", (), {"__len__": lambda self: 6, "gather": lambda self, i: {"image": images[i]}}
-  )()
-  np.testing.assert_allclose(deepsim.image_mean(split), mean, rtol=1e-6)
-  with pytest.raises(ValueError, match="2 values for 3 channels"):
-    deepsim.create(config, image_mean=(0.5, 0.5))
