@@ -266,6 +266,7 @@ def draw_loss(
   *,
   distance: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
   weight: float = 1.0,
+  kl_weight: jax.Array | float = 1.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """EL-DRAW objective `sum_t KL(Q(z_t|x) || P(z_t)) + C * Delta(x, x_hat)` per image.
 
@@ -275,6 +276,7 @@ def draw_loss(
     distance: `Delta(x, y) -> [B]`, a loss with `x` the reference; `None` is the Bernoulli
       cross-entropy computed from logits, which with `weight=1` is the original DRAW bound.
     weight: C (`DISTANCE_WEIGHTS`: 1 for BCE, 10 for MSE, 500 for SSIM).
+    kl_weight: factor of the KL term (1 in the papers; a warm-up ramps it from 0).
 
   Returns:
     `(loss [B], {"kl": [B], "distortion": [B]})`; average `loss` over the batch to train.
@@ -284,7 +286,7 @@ def draw_loss(
   else:
     distortion = distance(x, output.image)
   kl = jnp.sum(output.kl, axis=-1)
-  return kl + weight * distortion, {"kl": kl, "distortion": distortion}
+  return kl_weight * kl + weight * distortion, {"kl": kl, "distortion": distortion}
 
 
 def clip_each_by_norm(max_norm: float = GRADIENT_CLIP_NORM) -> optax.GradientTransformation:

@@ -69,6 +69,21 @@ def test_bce_step_is_the_draw_bound_and_clips_each_leaf():
   assert all(v.shape == (4,) for v in values.values())
 
 
+def test_kl_warmup_ramps_the_kl_weight():
+  """With kl_warmup=N the step-s objective is (s + 1) / N * KL + C * Delta, then KL + C * Delta."""
+  config = draw_train.resolve(draw_train.Config(loss="l2", kl_warmup=4, **TINY))
+  model, tx, state = draw_train.create(config)
+  train_step, _ = draw_train.make_steps(model, tx, config)
+  step = jax.jit(train_step)
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(4, 32, 32, 1)), jnp.float32)
+  for s, weight in ((0, 0.25), (2, 0.75), (3, 1.0), (9, 1.0)):
+    _, m = step(
+      state._replace(step=jnp.asarray(s, jnp.int32)), {"image": x}, jax.random.key(0), None
+    )
+    want = weight * m["kl"] + config.loss_weight * m["distortion"]
+    np.testing.assert_allclose(m["loss"], want, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
   "loss, weight",
   [("bce", 1.0), ("l2", 10.0 * 1024), ("l1", 10.0 * 1024), ("ssim", 500.0), ("gmsm", 500.0)],
