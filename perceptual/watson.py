@@ -185,19 +185,20 @@ def _pool(d: jax.Array, beta: jax.Array, mask: jax.Array | None) -> jax.Array:
   return jnp.sum(d + EPS, axis=(2, 3)) ** (1 / beta)
 
 
-def _angle(cos: jax.Array, sin: jax.Array) -> jax.Array:
-  """atan2(sin, cos) in [0, pi] for a unit vector with sin >= 0, without atan2 or acos.
+def _angle(dot: jax.Array, cross: jax.Array, norm: jax.Array) -> jax.Array:
+  """atan2(cross, dot) in [0, pi] for cross >= 0 and norm = |z0| |z1|, without atan2 or acos.
 
-  Half-angle form: t = sin / (1 + |cos|) in [0, 1] is tan(theta / 2) for cos >= 0 and
-  tan(pi / 2 - theta / 2) for cos < 0; one polynomial, one select.
+  Half-angle form: with cos = dot / norm and sin = cross / norm, t = sin / (1 + |cos|) =
+  cross / (norm + |dot|) in [0, 1] is tan(theta / 2) for cos >= 0 and tan(pi / 2 - theta / 2)
+  for cos < 0; one division, one polynomial, one select.
   """
-  t = sin / (1 + jnp.abs(cos))
+  t = cross / (norm + jnp.abs(dot))
   t2 = t * t
   poly = _ATAN_POLY[-1]
   for coeff in _ATAN_POLY[-2::-1]:
     poly = poly * t2 + coeff
   half = 2 * t * poly
-  return jnp.where(cos < 0, np.pi - half, half)
+  return jnp.where(dot < 0, np.pi - half, half)
 
 
 def _phase_reference(re0, im0, re1, im1) -> jax.Array:
@@ -210,7 +211,7 @@ def _phase_reference(re0, im0, re1, im1) -> jax.Array:
 def _stored_cotangent(v: jax.Array) -> jax.Array:
   """Identity whose cotangent is evaluated once into memory (see `filters.materialized`).
 
-  The amplitude, inverse norm, gate, cross and dot product of y's coefficients feed both the
+  The amplitude, floored norm, gate, cross and dot product of y's coefficients feed both the
   real and the imaginary part's gradient; without a stored cotangent XLA recomputed the whole
   backward chain (190 operations per coefficient) in each of the two, a quarter of the metric's
   time.
@@ -224,18 +225,18 @@ _stored_cotangent.defvjp(
 
 
 def _polar(re: jax.Array, im: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Amplitude (EPS in both parts, as the reference), the inverse for the angle, the phase gate."""
+  """Amplitude (EPS in both parts, as the reference), its floored value for the angle, the gate."""
   q = (re + EPS) ** 2 + (im + EPS) ** 2
   amplitude = jnp.sqrt(q)
   # Fades the phase out below |z| ~ PHASE_GATE, where it is undefined or rounding noise and
   # d angle / dz ~ 1 / |z| unbounded.
   gate = q * q / (q * q + PHASE_GATE**4)
-  # The angle's inverse norm is capped at 1 / PHASE_FLOOR, where the gate is < 1e-8. Uncapped (up
-  # to 1e10 for a zero coefficient; written as q * rsqrt(q), whose derivative is ~1e30 there)
-  # the backward pass multiplies quantities that overflow float32 before the gate's ~0 reaches
-  # them, and XLA's vectorised CPU loops return inf * 0 = NaN for whole blocks (MNIST's black
-  # blocks against flat reconstructions).
-  return amplitude, 1 / jnp.maximum(amplitude, PHASE_FLOOR), gate
+  # The angle's norm is floored at PHASE_FLOOR, where the gate is < 1e-8. Unfloored (an inverse
+  # of up to 1e10 for a zero coefficient; first written as q * rsqrt(q), whose derivative is ~1e30
+  # there) the backward pass multiplied quantities that overflow float32 before the gate's ~0
+  # reached them, and XLA's vectorised CPU loops returned inf * 0 = NaN for whole blocks (MNIST's
+  # black blocks against flat reconstructions).
+  return amplitude, jnp.maximum(amplitude, PHASE_FLOOR), gate
 
 
 def _prepare(x, y, params, key, kind, metric, luminance, dropout_key, dropout_rate, fitting):
@@ -345,8 +346,8 @@ def _dft(x, y, lum, amp_mask, phase_mask, *, p, w_phase, stable):
   # Every x-y comparison is exactly 0 where a coefficient is unchanged (dre = dim = 0), whatever
   # the rounding of each fusion (XLA may contract a * b + c into an FMA in one and not another):
   # a 1-ulp difference would give a large gradient at y == x through the beta < 1 power.
-  a0, inv0, gate0 = _polar(re0, im0)
-  a1, inv1, gate1 = map(_stored_cotangent, _polar(re1, im1))
+  a0, norm0, gate0 = _polar(re0, im0)
+  a1, norm1, gate1 = map(_stored_cotangent, _polar(re1, im1))
   unchanged = (dre == 0) & (dim == 0)
   diff = jnp.where(unchanged, 0, a1 - a0)
   d = _terms(abs_sign_grad(diff), _thresholds(a0, lum, p), beta, stable=stable)
@@ -354,7 +355,7 @@ def _dft(x, y, lum, amp_mask, phase_mask, *, p, w_phase, stable):
     cross = abs_sign_grad((re0 + EPS) * dim - im0 * dre)  # (re0 + EPS, im0) x (re1 + EPS, im1)
     dot = (re0 + EPS) * (re1 + EPS) + im0 * im1
     cross, dot = _stored_cotangent(cross), _stored_cotangent(dot)
-    angle = _angle(dot * inv0 * inv1, cross * inv0 * inv1) * gate0 * gate1 * w_phase
+    angle = _angle(dot, cross, norm0 * norm1) * gate0 * gate1 * w_phase
   else:
     angle = (
       jnp.where(
