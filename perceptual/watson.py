@@ -192,13 +192,30 @@ def _angle(dot: jax.Array, cross: jax.Array, norm: jax.Array) -> jax.Array:
   cross / (norm + |dot|) in [0, 1] is tan(theta / 2) for cos >= 0 and tan(pi / 2 - theta / 2)
   for cos < 0; one division, one polynomial, one select.
   """
-  t = cross / (norm + jnp.abs(dot))
-  t2 = t * t
-  poly = _ATAN_POLY[-1]
-  for coeff in _ATAN_POLY[-2::-1]:
-    poly = poly * t2 + coeff
-  half = 2 * t * poly
+  half = 2 * _atan01(cross / (norm + jnp.abs(dot)))
   return jnp.where(dot < 0, np.pi - half, half)
+
+
+def _horner(coefficients: tuple[float, ...], u: jax.Array) -> jax.Array:
+  result = coefficients[-1]
+  for c in coefficients[-2::-1]:
+    result = result * u + c
+  return result
+
+
+@jax.custom_jvp
+def _atan01(t: jax.Array) -> jax.Array:
+  """atan(t) on [0, 1] as t P(t^2) (`_ATAN_POLY`)."""
+  return t * _horner(_ATAN_POLY, t * t)
+
+
+@_atan01.defjvp
+def _atan01_jvp(primals, tangents):
+  # The derivative as its own polynomial, sum (2k + 1) c_k t^2k: reverse-mode through Horner's
+  # rule made XLA recompute the primal chain in each of three backward fusions.
+  (t,), (dt,) = primals, tangents
+  slope = _horner(tuple((2 * k + 1) * c for k, c in enumerate(_ATAN_POLY)), t * t)
+  return _atan01(t), slope * dt
 
 
 def _phase_reference(re0, im0, re1, im1) -> jax.Array:
