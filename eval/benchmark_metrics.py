@@ -27,14 +27,24 @@ bound that includes allocator slack, and 0 when an earlier, larger case already 
 
 `--threads=1` sets XLA_FLAGS="--xla_cpu_multi_thread_eigen=false"
 before jax is imported and `torch.set_num_threads(1)` in the peer.
+
+Allocator: by default both processes run with glibc told to keep freed memory
+(`train.xla_cpu.reuse_freed_memory()` here, its environment equivalent `MALLOC_ENV` in the peer),
+as every `python -m train.<model>` runs. With glibc's defaults XLA's per-call buffers, allocated
+on its own threads, were sometimes handed back to the system and faulted in again on each call:
+3,407 page faults and +10 ms (41 instead of 31) per colour Watson-DFT call, depending on the
+process's earlier allocations. `--malloc=default` measures with the defaults on both sides.
 """
 
 import os
 import sys
 
+from train import xla_cpu  # imports no JAX backend
+
 
 def _set_threads_before_jax(argv: list[str]) -> int:
-  """`--threads=1` must reach XLA before jax is imported: flags are read once."""
+  """`--threads=1` must reach XLA before jax is imported: flags are read once. Likewise the
+  allocator setting (`--malloc`), which counts only before JAX starts its threads."""
   threads = 0
   for arg in argv:
     if arg.startswith("--threads="):
@@ -43,6 +53,9 @@ def _set_threads_before_jax(argv: list[str]) -> int:
     os.environ["XLA_FLAGS"] = (
       os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
     ).strip()
+  pairs = zip(argv, [*argv[1:], ""], strict=True)
+  if not any(a == "--malloc=default" or (a, b) == ("--malloc", "default") for a, b in pairs):
+    xla_cpu.reuse_freed_memory()
   return threads
 
 
@@ -161,8 +174,10 @@ PEERS_TODAY = (
 class Peers:
   """The torch peers in a subprocess, one timed call per request."""
 
-  def __init__(self, python: str):
+  def __init__(self, python: str, *, tuned_malloc: bool):
     env = dict(os.environ, STUBS=STUBS, THREADS=str(_THREADS))
+    if tuned_malloc:
+      env.update(xla_cpu.MALLOC_ENV)
     self.proc = subprocess.Popen(
       [python, "-c", PEER_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True
     )
@@ -265,16 +280,24 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--losses", nargs="*", default=None, help="default: all but deep nets")
   parser.add_argument("--peers-python", default="", help="python of a venv with torch peers")
   parser.add_argument("--no-ms-ssim-case", action="store_true")
+  parser.add_argument(
+    "--malloc",
+    choices=("tuned", "default"),
+    default="tuned",
+    help="tuned: glibc keeps freed memory, here and in the peer (train.xla_cpu); default: as is",
+  )
   args = parser.parse_args(argv)
 
   names = args.losses or ["l1", "l2"] + [n for n in perceptual.LOSSES if n not in SKIP_BY_DEFAULT]
   if "l2" not in names:
     names = ["l2"] + names
-  peers = Peers(args.peers_python) if args.peers_python else None
+  peers = (
+    Peers(args.peers_python, tuned_malloc=args.malloc == "tuned") if args.peers_python else None
+  )
   print(f"jax {jax.__version__}, {jax.devices()[0].platform}, {platform.processor() or '?'}")
   print(
     f"threads: {'1 (XLA_FLAGS=' + os.environ['XLA_FLAGS'] + ')' if _THREADS == 1 else 'all'}; "
-    f"cpus {os.cpu_count()}; load average {os.getloadavg()}"
+    f"cpus {os.cpu_count()}; load average {os.getloadavg()}; malloc {args.malloc}"
   )
   if peers:
     print(f"peers: {peers.ask({'versions': 1})} via {args.peers_python}")

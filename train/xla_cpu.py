@@ -58,6 +58,12 @@ def apply() -> bool:
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's mallopt parameters
+# The same settings as glibc environment variables, for a subprocess (e.g. a benchmark's peer).
+MALLOC_ENV = {
+  "MALLOC_ARENA_MAX": "1",
+  "MALLOC_MMAP_MAX_": "0",
+  "MALLOC_TRIM_THRESHOLD_": "2147483647",
+}
 
 
 def reuse_freed_memory() -> bool:
