@@ -277,6 +277,11 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--peers-python", default="", help="python of a venv with torch peers")
   parser.add_argument("--no-ms-ssim-case", action="store_true")
   parser.add_argument(
+    "--scaling",
+    action="store_true",
+    help="also time ssim, ms_ssim, gmsd, watson_dft on grey 64..512 px images (2^19 pixels each)",
+  )
+  parser.add_argument(
     "--malloc",
     choices=("tuned", "default"),
     default="tuned",
@@ -364,6 +369,26 @@ def main(argv: list[str] | None = None) -> None:
   if peers:
     peers.close()
   _print_table(rows, args)
+  if args.scaling:
+    _print_scaling(args.runs)
+
+
+def _print_scaling(runs: int, sides=(64, 128, 256, 512)) -> None:
+  """ns per pixel of forward + gradient at several image sizes, the same pixel count in each."""
+  rng = np.random.default_rng(0)
+  print()
+  print("cost per pixel vs image size, grey, B x side^2 = 2^19 pixels (wall median, ns/pixel)")
+  print(f"{'loss':12s}" + "".join(f"{f'{s}px (B={2**19 // s**2})':>16s}" for s in sides))
+  for name in ("ssim", "ms_ssim", "gmsd", "watson_dft"):
+    cells = []
+    for side in sides:
+      shape = (2**19 // side**2, side, side, 1)
+      x, y = (jnp.asarray(rng.random(shape, np.float32)) for _ in range(2))
+      f, params = _jitted(name, 1)
+      jax.block_until_ready(f(y, x, params))
+      ms = np.median([_time(lambda f=f, p=params, x=x, y=y: f(y, x, p))[0] for _ in range(runs)])
+      cells.append(f"{ms * 1e6 / 2**19:16.1f}")
+    print(f"{name:12s}" + "".join(cells))
 
 
 def _print_table(rows: list[dict], args) -> None:
