@@ -380,11 +380,11 @@ def _print_scaling(runs: int, sides=(64, 128, 256, 512)) -> None:
   print("cost per pixel vs image size, grey, B x side^2 = 2^19 pixels (wall median, ns/pixel)")
   print(f"{'loss':12s}" + "".join(f"{f'{s}px (B={2**19 // s**2})':>16s}" for s in sides))
   for name in ("ssim", "ms_ssim", "gmsd", "watson_dft"):
+    f, params = _jitted(name, 1)
     cells = []
     for side in sides:
       shape = (2**19 // side**2, side, side, 1)
       x, y = (jnp.asarray(rng.random(shape, np.float32)) for _ in range(2))
-      f, params = _jitted(name, 1)
       jax.block_until_ready(f(y, x, params))
       ms = np.median([_time(lambda f=f, p=params, x=x, y=y: f(y, x, p))[0] for _ in range(runs)])
       cells.append(f"{ms * 1e6 / 2**19:16.1f}")

@@ -185,6 +185,15 @@ def test_avg_pool_odd_sizes_like_pytorch():
   chex.assert_shape(filters.avg_pool(x, 2), (1, 1, 2, 1))
 
 
+def test_avg_pool_factor_three_and_its_gradient():
+  x, _ = _images((2, 7, 9, 3))
+  want = np.asarray(x)[:, :6].reshape(2, 2, 3, 3, 3, 3).mean(axis=(2, 4))
+  np.testing.assert_allclose(filters.avg_pool(x, 3), want, rtol=1e-6)
+  grad = jax.grad(lambda v: jnp.sum(filters.avg_pool(v, 3)))(x)
+  np.testing.assert_allclose(grad[:, :6], 1 / 9, rtol=1e-6)  # every pooled pixel
+  np.testing.assert_array_equal(grad[:, 6:], 0)  # the dropped trailing row
+
+
 def test_filter_planes_matches_convolution():
   x, _ = _images((2, 13, 17, 3))
   kernel = filters.gaussian_kernel(5, 1.2)
