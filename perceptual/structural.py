@@ -12,7 +12,8 @@ Values outside `[0, max_val]` are used as they are (nothing is clipped); the res
 and at most 1, but the constants `(k * max_val)^2` no longer have their intended scale.
 
 The five local statistics (means, variances, covariance) come from four filtered planes,
-x, y, x^2 + y^2 and xy (SSIM only needs the sum of the variances), filtered in one pass.
+x, y, x^2 + y^2 and xy (SSIM only needs the sum of the variances): x in one filter pass, the
+three planes that depend on y stacked in another (so a gradient w.r.t. y alone skips x's).
 
 Gradients are defined for `grad`/`vjp` (the filter has a custom VJP), not for forward-mode `jvp`.
 """
