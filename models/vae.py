@@ -114,19 +114,19 @@ class VAE(nn.Module):
     return self.decoder(z)
 
 
-def mnist_vae(latent: int = 2) -> VAE:
+def mnist_vae(latent: int = 2, channels: int = 1) -> VAE:
   """Grey 32x32, latent 2: Conv32-pool-Conv64-Dense1024 / Dense1024-Dense(64*16*16)-...-Conv1."""
   return VAE(
     Encoder((32, 64), (True, False), batch_norm=False, hidden=1024, latent=latent),
-    Decoder(1024, 64, (64, 32, 32), (False, True, False), channels=1),
+    Decoder(1024, 64, (64, 32, 32), (False, True, False), channels=channels),
   )
 
 
-def celeba_vae(latent: int = 256) -> VAE:
+def celeba_vae(latent: int = 256, channels: int = 3) -> VAE:
   """RGB 64x64, latent 256: three convs with pool + BatchNorm after the first two, Dense2048."""
   return VAE(
     Encoder((64, 128, 128), (True, True, False), batch_norm=True, hidden=2048, latent=latent),
-    Decoder(2048, 128, (128, 64, 64, 64), (False, True, True, False), channels=3),
+    Decoder(2048, 128, (128, 64, 64, 64), (False, True, True, False), channels=channels),
   )
 
 

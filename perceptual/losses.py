@@ -3,6 +3,11 @@
 Every entry is a `Loss`: called as `loss(x, y)` it returns one value per image, `[B]`, lower is
 better, 0 (or its documented floor) at `x == y`. Similarities enter as `1 - similarity`.
 
+Training calls `loss(x, y)`, which may pool statistics over the batch as the authors do (Watson's
+mean luminance). Evaluation calls `loss.per_image(x, y)`: each value is a function of its own image
+pair only, the value `loss` gives that pair as a batch of one, so a test score does not change with
+how the test set is batched or padded.
+
 Losses with parameters (Watson's fitted tables, deep-network weights) load them with
 `loss.params(channels)`. Trainers call that once, outside `jax.jit`, and pass the result in
 (`loss(x, y, params=p, key=k)`), so large weights are arguments of the compiled step rather than
@@ -33,6 +38,8 @@ class Loss:
     load_params: `channels -> params pytree`, or None for parameter-free losses.
     channels: the channel counts the loss accepts.
     uses_key: whether the loss uses a PRNG key while training (Watson's random grid shift).
+    image_fn: `fn` with every batch statistic taken per image (see `per_image`), or None where
+      `fn` already scores each image pair on its own.
   """
 
   name: str
@@ -40,6 +47,7 @@ class Loss:
   load_params: Callable[[int], Any] | None = None
   channels: tuple[int, ...] = (1, 3)
   uses_key: bool = False
+  image_fn: LossFn | None = None
 
   def params(self, channels: int) -> Any:
     """Default parameters for images with `channels` channels (None if parameter-free)."""
@@ -55,6 +63,18 @@ class Loss:
     if params is None and self.load_params is not None:
       params = self.params(jnp.shape(x)[-1])
     return self.fn(x, y, params=params, key=key)
+
+  def per_image(self, x: jax.Array, y: jax.Array, *, params: Any = None) -> jax.Array:
+    """The evaluation form, `[B]`: each value a function of its own image pair only.
+
+    `per_image(x, y)[i] == loss(x[i:i+1], y[i:i+1])[0]`: statistics that `loss` pools over the
+    batch (Watson's mean luminance, `luminance="batch"`) are taken per image, and there is no
+    key (no random grid shift). Trainers score their test splits with it, so every logged test
+    metric is the same whatever the eval batch size and padding.
+    """
+    if params is None and self.load_params is not None:
+      params = self.params(jnp.shape(x)[-1])
+    return (self.image_fn or self.fn)(x, y, params=params, key=None)
 
 
 def _plain(metric: Callable[[jax.Array, jax.Array], jax.Array]) -> LossFn:
@@ -98,13 +118,24 @@ def multi_distance(weights: Mapping[str, float], *, name: str | None = None) -> 
       for n, loss in parts.items()
     )
 
+  def image_fn(x, y, *, params, key):
+    del key  # evaluation: no randomness
+    return sum(
+      (weights[n] / total) * loss.per_image(x, y, params=params[n]) for n, loss in parts.items()
+    )
+
   def load_params(channels):
     return {n: loss.params(channels) for n, loss in parts.items()}
 
   channels = tuple(set.intersection(*(set(loss.channels) for loss in parts.values())))
   label = name or "+".join(f"{beta:g}*{n}" for n, beta in weights.items())
   return Loss(
-    label, fn, load_params, tuple(sorted(channels)), any(loss.uses_key for loss in parts.values())
+    label,
+    fn,
+    load_params,
+    tuple(sorted(channels)),
+    any(loss.uses_key for loss in parts.values()),
+    image_fn,
   )
 
 
@@ -129,18 +160,25 @@ LOSSES: dict[str, Loss] = {
   "gmsm": Loss("gmsm", _one_minus(gradient.gmsm)),
   "gmsd": Loss("gmsd", _plain(gradient.gmsd)),
   "chroma": Loss("chroma", _one_minus(gradient.chroma_similarity), channels=(3,)),
-  # Watson's model: the key (training only) shifts the 8x8 block grid, as Czolbe et al. do.
+  # Watson's model: the key (training only) shifts the 8x8 block grid, as Czolbe et al. do. The
+  # luminance masking divides by the batch's mean DC luminance (theirs); per_image by the image's.
   "watson_dct": Loss(
     "watson_dct",
     lambda x, y, *, params, key: watson.watson_dct(x, y, params=params, key=key),
     lambda channels: watson.watson_params("dct", channels=channels),
     uses_key=True,
+    image_fn=lambda x, y, *, params, key: watson.watson_dct(
+      x, y, params=params, key=key, luminance="image"
+    ),
   ),
   "watson_dft": Loss(
     "watson_dft",
     lambda x, y, *, params, key: watson.watson_dft(x, y, params=params, key=key),
     lambda channels: watson.watson_params("dft", channels=channels),
     uses_key=True,
+    image_fn=lambda x, y, *, params, key: watson.watson_dft(
+      x, y, params=params, key=key, luminance="image"
+    ),
   ),
   # Deep-feature losses: the network weights are params, loaded once and passed in. Grey images
   # are repeated to RGB.

@@ -135,9 +135,12 @@ def make_steps(model, tx: optax.GradientTransformation, loss: perceptual.Loss):
   def eval_step(state: TrainState, batch, consts):
     x = batch["image"]
     recon = reconstruct(state.params, x)
-    values = {"loss": loss(x, recon, params=consts["loss"]), "psnr": perceptual.psnr(x, recon)}
+    values = {
+      "loss": loss.per_image(x, recon, params=consts["loss"]),
+      "psnr": perceptual.psnr(x, recon),
+    }
     for name, params in consts["metrics"].items():
-      values[name] = perceptual.LOSSES[name](x, recon, params=params)
+      values[name] = perceptual.LOSSES[name].per_image(x, recon, params=params)
     return values
 
   return train_step, eval_step

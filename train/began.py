@@ -140,12 +140,16 @@ def make_steps(networks, txs, distance: perceptual.Loss, parts, *, gamma, lambda
   gen, disc = networks
   g_tx, d_tx = txs
 
-  def energies(g_params, d_params, x, z, consts):
-    """Per-image `L(x)`, `L(G(z))` from one D pass over real and fake; aux: images."""
+  def energies(g_params, d_params, x, z, consts, *, train=True):
+    """Per-image `L(x)`, `L(G(z))` from one D pass over real and fake; aux: images.
+
+    Evaluation (`train=False`) scores with `distance.per_image`.
+    """
     fake = gen.apply(g_params, z)
     recon_real, recon_fake = jnp.split(disc.apply(d_params, jnp.concatenate([x, fake])), 2)
+    d = distance if train else distance.per_image
     loss = lambda v, r: began_models.autoencoder_loss(  # noqa: E731
-      v, r, distance=lambda a, b: distance(a, b, params=consts["distance"])
+      v, r, distance=lambda a, b: d(a, b, params=consts["distance"])
     )
     return (loss(x, recon_real), loss(fake, recon_fake)), (fake, recon_real, recon_fake)
 
@@ -197,18 +201,22 @@ def make_steps(networks, txs, distance: perceptual.Loss, parts, *, gamma, lambda
     return state, metrics
 
   def eval_step(state: BeganState, batch, consts):
-    """Per image: `loss` = L(x) + |gamma L(x) - L(G(z))| with z fixed (key 0), the two energies
-    and the real images' Table 2 distances."""
+    """Per image: `loss` = L(x) + |gamma L(x) - L(G(z))|, the two energies and the real images'
+    Table 2 distances. Each image's z is drawn from its index in the split (fixed, and the same
+    whatever batch the image is evaluated in)."""
     x = batch["image"]
-    z = began_models.sample_latent(jax.random.key(0), x.shape[0], latent)
-    (real, fake), (_, recon_real, _) = energies(state.g_params, state.d_params, x, z, consts)
+    sample = lambda key: began_models.sample_latent(key, 1, latent)[0]  # noqa: E731
+    z = jax.vmap(sample)(loop.example_keys(batch["index"]))
+    (real, fake), (_, recon_real, _) = energies(
+      state.g_params, state.d_params, x, z, consts, train=False
+    )
     values = {
       "loss": began_models.convergence_measure(real, fake, gamma=gamma),
       "loss_real": real,
       "loss_fake": fake,
     }
     for name, part in parts.items():
-      values[f"real_{name}"] = part(x, recon_real, params=consts["components"][name])
+      values[f"real_{name}"] = part.per_image(x, recon_real, params=consts["components"][name])
     return values
 
   return train_step, eval_step

@@ -43,7 +43,9 @@ class Fittable(NamedTuple):
 
   Attributes:
     distance: `(x, y, params, consts, *, key=None, rate=0.0) -> [B]`; a key turns on the fitting
-      mode (dropout at `rate`), without one it is the deployed metric.
+      mode (dropout at `rate`, Watson's batch-mean luminance as the authors fit it), without one
+      it is the evaluation form (`perceptual.Loss.per_image`): each value a function of its own
+      pair only, so held-out scores do not depend on how the split is batched.
     initial: `(init, channels) -> params`, the fitted pytree's starting values.
     consts: `channels -> pytree` of fixed inputs (a pretrained trunk), or None.
     inits: the names `initial` accepts.
@@ -66,7 +68,7 @@ def _watson(kind: str) -> Fittable:
   def distance(x, y, params, consts, *, key=None, rate=0.0):
     del consts
     if key is None:
-      return fn(x, y, params=params)
+      return fn(x, y, params=params, luminance="image")
     return fn(x, y, params=params, fitting=True, dropout_key=key, dropout_rate=rate)
 
   return Fittable(

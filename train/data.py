@@ -289,7 +289,9 @@ def eval_batches(
   The last global batch is padded to full size (repeating example 0) with `mask` False on the
   padding, so shapes stay fixed under `jit`; reduce metrics as `sum(value * mask) / sum(mask)`,
   both sums global: a process's share of the padding differs from the others'. Processes split
-  each global batch as in `batches`.
+  each global batch as in `batches`. Each batch also holds "index", int32 `[local]`: the position
+  in `split` of the example in each row (0 on the padding), from which an evaluation draws that
+  example's randomness, so that it does not depend on the example's row (`loop.example_keys`).
 
   Args:
     split: the split.
@@ -310,7 +312,8 @@ def eval_batches(
 
 def _padded(split: Split, index: np.ndarray) -> tuple[Batch, np.ndarray]:
   valid = index < len(split)
-  return split.gather(np.where(valid, index, 0)), valid
+  index = np.where(valid, index, 0)
+  return {**split.gather(index), "index": index.astype(np.int32)}, valid
 
 
 def _prefetch(items: Iterable[Any], size: int) -> Iterator[Any]:

@@ -127,21 +127,25 @@ def make_steps(model: draw_models.Draw, tx: optax.GradientTransformation, config
   loss = None if config.loss == BCE else perceptual.LOSSES[config.loss]
 
   def objective(params, x, key, consts, train, kl_weight=1.0):
+    """`(loss [B], {"kl", "distortion"}, output)`; evaluation scores with `loss.per_image`."""
     key_z, key_loss = jax.random.split(key)
     output = model.apply(params, x, key_z)
     distance = None
-    if loss is not None:
-      loss_key = key_loss if (train and loss.uses_key) else None
+    if loss is not None and train:
+      loss_key = key_loss if loss.uses_key else None
       distance = lambda a, b: loss(a, b, params=consts, key=loss_key)  # noqa: E731
-    return draw_models.draw_loss(
+    elif loss is not None:
+      distance = lambda a, b: loss.per_image(a, b, params=consts)  # noqa: E731
+    total, parts = draw_models.draw_loss(
       x, output, distance=distance, weight=config.loss_weight, kl_weight=kl_weight
     )
+    return total, parts, output
 
   def train_step(state: TrainState, batch, key, consts):
     kl_weight = jnp.minimum(1.0, (state.step + 1) / max(config.kl_warmup, 1))
 
     def mean_objective(params):
-      total, parts = objective(params, batch["image"], key, consts, True, kl_weight)
+      total, parts, _ = objective(params, batch["image"], key, consts, True, kl_weight)
       return jnp.mean(total), jax.tree.map(jnp.mean, parts)
 
     (value, parts), grads = jax.value_and_grad(mean_objective, has_aux=True)(state.params)
@@ -151,11 +155,18 @@ def make_steps(model: draw_models.Draw, tx: optax.GradientTransformation, config
     return TrainState(state.step + 1, params, opt_state), metrics
 
   def eval_step(state: TrainState, batch, consts):
-    """Per-image objective, KL term and distortion; the latent noise is fixed (key 0)."""
-    x = batch["image"]
-    total, parts = objective(state.params, x, jax.random.key(0), consts, False)
-    recon = model.apply(state.params, x, jax.random.key(0)).image
-    return {"loss": total, **parts, "psnr": perceptual.psnr(x, recon)}
+    """Per-image objective, KL term, distortion and PSNR of one reconstruction.
+
+    Each image is reconstructed on its own (a batch of one) with latent noise drawn from its
+    index in the split, so its values do not depend on the batch it is evaluated in.
+    """
+
+    def one(x, key):
+      total, parts, output = objective(state.params, x[None], key, consts, False)
+      return {"loss": total, **parts, "psnr": perceptual.psnr(x[None], output.image)}
+
+    values = jax.vmap(one)(batch["image"], loop.example_keys(batch["index"]))
+    return {name: v[:, 0] for name, v in values.items()}
 
   return train_step, eval_step
 

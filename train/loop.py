@@ -89,7 +89,12 @@ def evaluate(
   """Means over a split of `eval_step(state, batch, consts) -> {name: per-image [B] values}`.
 
   The last batch is padded to a full batch (a multiple of the device count) and the padding
-  masked out, so every image counts once.
+  masked out, so every image counts once. The means do not depend on `batch_size` (up to float
+  rounding) because `eval_step` must make each example's values a function of that example only:
+  losses scored with `Loss.per_image` (not the batch-pooled training form: Watson's batch-mean
+  luminance would otherwise mix in the other images and the padding's copies of example 0),
+  models in inference mode (batch norm on its running averages), and any randomness drawn from
+  the example's index in the split (`example_keys(batch["index"])`), not from its row.
   """
   jitted = _jitted_eval(eval_step, mesh)
   batch_size = -(-batch_size // mesh.size) * mesh.size  # round up to shard evenly
@@ -106,6 +111,16 @@ def evaluate(
     totals = {k: totals.get(k, 0.0) + v for k, v in values.items()}
   # Every example is in exactly one unmasked slot across processes and batches.
   return {k: float(v) / len(split) for k, v in jax.device_get(totals).items()}
+
+
+def example_keys(index: jax.Array, *, seed: int = 0) -> jax.Array:
+  """One PRNG key per example, `fold_in(key(seed), index)`, `[B]` for int `index` `[B]`.
+
+  For an `eval_step`'s randomness (a latent sample): drawn from `batch["index"]`, the position of
+  each example in its split, an example gets the same noise whatever batch and row it is in.
+  """
+  base = jax.random.key(seed)
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(index)
 
 
 _EVAL_CACHE: dict[tuple[int, int], Callable] = {}
@@ -189,8 +204,9 @@ def fit(
   Args:
     state: the initial train state, a pytree with an integer `step` field.
     train_step: `(state, batch, key, consts) -> (state, metrics)`, single-device code.
-    eval_step: `(state, batch, consts) -> {name: [B] per-image values}`; must include "loss", logged
-      as `test_loss` (it ranks the best checkpoint).
+    eval_step: `(state, batch, consts) -> {name: [B] per-image values}`, each example's values
+      a function of that example only (see `evaluate`); must include "loss", logged as
+      `test_loss` (it ranks the best checkpoint).
     dataset: a `train.data.Dataset` (train and test splits).
     settings: loop settings.
     consts: a pytree both steps receive unchanged (loss parameters, fixed networks).

@@ -141,7 +141,7 @@ def make_steps(model, tx: optax.GradientTransformation, loss: perceptual.Loss):
     restored = jnp.clip(model.apply({"params": state.params}, inputs), 0.0, 1.0)
     bicubic = superres.shave(inputs, border=model.border)
     return {
-      "loss": loss(target, restored, params=consts),
+      "loss": loss.per_image(target, restored, params=consts),
       "psnr": perceptual.psnr(target, restored),
       "bicubic_psnr": perceptual.psnr(target, bicubic),
     }

@@ -112,13 +112,23 @@ class Config:
 
 
 def resolve(config: Config) -> Config:
-  """Fills the fields left unset from the arch preset and the authors' lambda table."""
+  """Fills the fields left unset from the arch preset and the authors' lambda table.
+
+  A loss the table lacks (l1, l2: means over pixels) gets lambda = the number of values per image
+  of the resolved config, `image_size^2 * channels` (not the preset's), so that it sums over them.
+  """
   preset = PRESETS[config.arch]
   filled = {k: v for k, v in preset.items() if getattr(config, k) in (None, "")}
+  image_size = filled.get("image_size", config.image_size)
+  channels = filled.get("channels", config.channels)
+  if image_size != preset["image_size"]:
+    raise ValueError(
+      f"--arch={config.arch} decodes {preset['image_size']}x{preset['image_size']} images, got "
+      f"--image_size={image_size}; leave it unset or pick the arch of that size."
+    )
   if config.loss_weight is None:
-    pixels = preset["image_size"] ** 2 * preset["channels"]
     k = LOG_LAMBDA.get(config.arch, LOG_LAMBDA["mnist"]).get(config.loss)
-    filled["loss_weight"] = float(pixels) if k is None else math.exp(k)
+    filled["loss_weight"] = float(image_size**2 * channels) if k is None else math.exp(k)
   if config.latent is None:
     filled["latent"] = 2 if config.arch in ("mnist", "tiny") else 256
   if not config.workdir:
@@ -169,7 +179,7 @@ def make_steps(
     x = batch["image"]
     mu, logvar = model.apply(_variables(state), x, method=vae_models.VAE.encode)
     recon = model.apply(_variables(state), mu, method=vae_models.VAE.decode)
-    rec = loss(x, recon, params=consts["loss"])
+    rec = loss.per_image(x, recon, params=consts["loss"])
     kld = vae_models.kl_divergence(mu, logvar)
     values = {
       "loss": loss_weight * rec + kld,
@@ -178,7 +188,7 @@ def make_steps(
       "psnr": perceptual.psnr(x, recon),
     }
     for name, params in consts["metrics"].items():
-      values[name] = perceptual.LOSSES[name](x, recon, params=params)
+      values[name] = perceptual.LOSSES[name].per_image(x, recon, params=params)
     return values
 
   return train_step, eval_step
@@ -245,9 +255,7 @@ def save_pictures(
 
 def create(config: Config, steps_per_epoch: int):
   """The model, optimizer and initial state of a resolved config."""
-  model = vae_models.ARCHS[config.arch](
-    latent=config.latent, **({"channels": config.channels} if config.arch == "tiny" else {})
-  )
+  model = vae_models.ARCHS[config.arch](latent=config.latent, channels=config.channels)
   schedule = optax.exponential_decay(
     config.learning_rate, config.halve_every * steps_per_epoch, 0.5, staircase=True
   )

@@ -20,6 +20,13 @@ def test_generator_shape_and_linear_output(size, stages):
   chex.assert_tree_all_finite(out)
   up = [k for k in params["params"] if k.startswith("UpConv")]
   assert len(up) == stages
+  # Linear output: moving the last convolution's bias moves every output pixel by as much, also
+  # below zero (a ReLU, leaky ReLU, tanh or sigmoid there would bend it).
+  last = max((k for k in params["params"] if k.startswith("Conv_")), key=lambda k: int(k[5:]))
+  shift = jnp.array([-5.0, 0.5, 3.0])
+  p = params["params"]
+  shifted = {"params": {**p, last: {**p[last], "bias": p[last]["bias"] + shift}}}
+  np.testing.assert_allclose(jax.jit(gen.apply)(shifted, code), out + shift, atol=1e-5)
 
 
 def test_stages_of_larger_images():
@@ -49,8 +56,10 @@ def test_discriminator_two_logits_and_dropout(condition):
   assert len(convs) == 5
   logits = jax.jit(lambda p, v, c: disc.apply(p, v, c))(params, x, cond)
   chex.assert_shape(logits, (3, 2))
-  again = disc.apply(params, x, cond)
-  np.testing.assert_allclose(logits, again, rtol=1e-6)  # deterministic without train
+  # Without train, dropout is off even when a dropout key is passed: every key gives the logits.
+  for key in (1, 2):
+    scored = disc.apply(params, x, cond, rngs={"dropout": jax.random.key(key)})
+    np.testing.assert_allclose(scored, logits, rtol=1e-5, atol=1e-6)
   a = disc.apply(params, x, cond, train=True, rngs={"dropout": jax.random.key(1)})
   b = disc.apply(params, x, cond, train=True, rngs={"dropout": jax.random.key(2)})
   assert not np.allclose(a, b)  # dropout 0.5 is active while training

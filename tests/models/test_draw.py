@@ -151,7 +151,10 @@ def test_sampling_shape_range_and_determinism(small):
   chex.assert_shape(image, (2, 8, 6, 2))
   chex.assert_shape(canvases, (3, 2, 8, 6, 2))
   assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
-  np.testing.assert_array_equal(image, generate(params, jax.random.key(5))[0])
+  # The same key draws the same images in a fresh trace (the jitted program is compiled once,
+  # so calling it twice could not tell): the noise comes from the key alone.
+  again = draw.Draw(**SMALL).apply(params, jax.random.key(5), 2, method=draw.Draw.generate)[0]
+  np.testing.assert_allclose(image, again, rtol=1e-5, atol=1e-6)
   assert float(jnp.abs(image - generate(params, jax.random.key(6))[0]).max()) > 0
 
 

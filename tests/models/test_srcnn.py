@@ -46,24 +46,48 @@ def test_init_statistics():
     np.testing.assert_array_equal(p["bias"], 0.0)
 
 
+def _conv_numpy(x, kernel, bias, padding):
+  """Cross-correlation of NHWC `x` with an HWIO `kernel` (odd sides), zero-padded for SAME."""
+  kh, kw = kernel.shape[:2]
+  if padding == "SAME":
+    x = np.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+  h, w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+  out = sum(
+    np.einsum("bhwi,io->bhwo", x[:, i : i + h, j : j + w], kernel[i, j])
+    for i in range(kh)
+    for j in range(kw)
+  )
+  return out + bias
+
+
 @pytest.mark.parametrize("padding", ["SAME", "VALID"])
 def test_forward(padding):
+  """conv-ReLU-conv-ReLU-conv with a linear output, against the same layers written in numpy."""
   model = srcnn.SRCNN(kernel_sizes=(3, 1, 3), features=(4, 2), padding=padding)
   x = jax.random.uniform(jax.random.key(1), (3, 12, 12, 1))
-
-  @jax.jit
-  def run(x):
-    params = model.init(jax.random.key(2), x)
-    # Larger weights than Dong et al.'s so the ReLUs see both signs.
-    params = jax.tree.map(lambda p: p * 300.0, params)
-    return model.apply(params, x), params
-
-  y, params = run(x)
+  params = jax.jit(model.init)(jax.random.key(2), x)
+  # Weights of unit gain instead of Dong et al.'s 0.001, and non-zero biases, so that the ReLUs
+  # see both signs and the output takes both signs.
+  keys = iter(jax.random.split(jax.random.key(3), 6))
+  params = {
+    "params": {
+      name: {
+        "kernel": jax.random.normal(next(keys), layer["kernel"].shape)
+        / np.sqrt(np.prod(layer["kernel"].shape[:3])),
+        "bias": 0.5 * jax.random.normal(next(keys), layer["bias"].shape),
+      }
+      for name, layer in params["params"].items()
+    }
+  }
+  y = jax.jit(model.apply)(params, x)
   chex.assert_shape(y, (3, 12 - 2 * model.border, 12 - 2 * model.border, 1))
-  chex.assert_tree_all_finite(y)
-  # The output layer is linear: zero input gives exactly the (zero) output bias.
-  y0 = jax.jit(model.apply)(params, jnp.zeros_like(x))
-  np.testing.assert_array_equal(y0, 0.0)
+  want = np.asarray(x, np.float64)
+  for i in range(3):
+    layer = jax.tree.map(lambda p: np.asarray(p, np.float64), params["params"][f"Conv_{i}"])
+    want = _conv_numpy(want, layer["kernel"], layer["bias"], padding)
+    want = np.maximum(want, 0.0) if i < 2 else want
+  assert want.min() < 0 < want.max()  # the linear output is not clipped at 0
+  np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
 def test_errors():

@@ -72,15 +72,16 @@ def test_score_by_category_means_over_categories():
 
 @pytest.mark.parametrize("kind,channels", [("dft", 1), ("dct", 3)])
 def test_saved_params_load_back_with_identical_distances(kind, channels):
-  params = watson.watson_params(kind, channels=channels, weights="init")
+  init = watson.watson_params(kind, channels=channels, weights="init")
   # Perturb so that the file does not merely hold the defaults.
-  params = jax.tree.map(lambda v: v + 0.1 * jnp.sin(jnp.arange(v.size).reshape(v.shape)), params)
+  params = jax.tree.map(lambda v: v + 0.1 * jnp.sin(jnp.arange(v.size).reshape(v.shape)), init)
   fn = watson.watson_dft if kind == "dft" else watson.watson_dct
   x = jax.random.uniform(jax.random.key(0), (2, 16, 16, channels))
   y = jnp.clip(x + 0.1 * jax.random.normal(jax.random.key(1), x.shape), 0, 1)
   with tempfile.TemporaryDirectory() as d:
     path = twoafc.save_params(os.path.join(d, "fitted.json"), params)
-    loaded = twoafc.load_params(path, like=params)
+    # `like` gives the form only: the values must come from the file.
+    loaded = twoafc.load_params(path, like=init)
     with open(path) as f:
       keys = set(json.load(f))
   name = f"{'gray' if channels == 1 else 'rgb'}_watson_{'fft' if kind == 'dft' else kind}_trial0"

@@ -149,6 +149,8 @@ def test_eval_batches_cover_every_example_once_in_order():
   np.testing.assert_array_equal(np.concatenate([m for _, m in evals]), np.arange(24) < 23)
   kept = np.concatenate([b["label"][m] for b, m in evals])
   np.testing.assert_array_equal(kept, np.arange(23))
+  index = np.concatenate([b["index"] for b, _ in evals])  # the padding repeats example 0
+  np.testing.assert_array_equal(index, np.where(np.arange(24) < 23, np.arange(24), 0))
 
 
 def test_prefetch_same_batches_stops_and_reraises():

@@ -64,7 +64,7 @@ def test_bce_step_is_the_draw_bound_and_clips_each_leaf():
   np.testing.assert_allclose(metrics["kl"], np.mean(kl), rtol=1e-4)
   deltas = jax.tree.map(lambda a, b: jnp.linalg.norm(a - b), new.params, state.params)
   assert max(jax.tree.leaves(deltas)) <= 1e-3 * (1 + 1e-4)
-  values = jax.jit(eval_step)(state, {"image": x}, None)
+  values = jax.jit(eval_step)(state, {"image": x, "index": jnp.arange(4)}, None)
   assert {"loss", "kl", "distortion", "psnr"} <= set(values)
   assert all(v.shape == (4,) for v in values.values())
 

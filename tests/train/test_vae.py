@@ -65,6 +65,20 @@ def test_default_run_logs_every_metric():
     assert np.isfinite(test["test_psnr"])
 
 
+def test_pixel_loss_weight_and_output_follow_the_resolved_channels():
+  # lambda of a pixel loss (a mean) is the number of values per image of this run, not of the
+  # arch's preset: grey CelebA-architecture runs got 3x the weight and decoded RGB.
+  grey = vae_train.resolve(vae_train.Config(loss="l2", arch="celeba", channels=1, workdir="x"))
+  assert grey.loss_weight == 64 * 64 * 1
+  rgb = vae_train.resolve(vae_train.Config(loss="l1", arch="tiny", channels=3, workdir="x"))
+  assert rgb.loss_weight == 32 * 32 * 3
+  assert vae_train.resolve(vae_train.Config(loss="l2", arch="celeba")).loss_weight == 64 * 64 * 3
+  state = jax.eval_shape(lambda: vae_train.create(grey, steps_per_epoch=1)[2])  # no 136M init
+  assert state.params["decoder"]["Conv_4"]["kernel"].shape[-1] == 1
+  with pytest.raises(ValueError, match="decodes 64x64 images"):
+    vae_train.resolve(vae_train.Config(loss="l2", arch="celeba", image_size=32))
+
+
 def test_pictures_reuse_compiled_programs():
   # save_pictures runs at every epoch end; a jit built inside it recompiled each time (5 s/epoch).
   config = vae_train.resolve(vae_train.Config(loss="l2", arch="tiny", workdir="unused"))
