@@ -15,6 +15,7 @@ constants baked into it, and fitted parameters can be swapped in without recompi
 """
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -152,6 +153,22 @@ def _ms_ssim_fitted(x: jax.Array, y: jax.Array) -> jax.Array:
   return structural.ms_ssim(x, y, weights=tuple(w / sum(weights) for w in weights))
 
 
+def _watson(kind: str) -> Loss:
+  """Watson-DCT / DFT: batch-mean luminance in training (theirs), the image's own in per_image."""
+  metric = watson.watson_dct if kind == "dct" else watson.watson_dft
+
+  def fn(x, y, *, params, key, luminance="batch"):
+    return metric(x, y, params=params, key=key, luminance=luminance)
+
+  return Loss(
+    f"watson_{kind}",
+    fn,
+    lambda channels: watson.watson_params(kind, channels=channels),
+    uses_key=True,  # shifts the 8x8 block grid while training, as Czolbe et al. do
+    image_fn=functools.partial(fn, luminance="image"),
+  )
+
+
 LOSSES: dict[str, Loss] = {
   "l1": Loss("l1", _plain(pixel.mae)),
   "l2": Loss("l2", _plain(pixel.mse)),
@@ -160,26 +177,8 @@ LOSSES: dict[str, Loss] = {
   "gmsm": Loss("gmsm", _one_minus(gradient.gmsm)),
   "gmsd": Loss("gmsd", _plain(gradient.gmsd)),
   "chroma": Loss("chroma", _one_minus(gradient.chroma_similarity), channels=(3,)),
-  # Watson's model: the key (training only) shifts the 8x8 block grid, as Czolbe et al. do. The
-  # luminance masking divides by the batch's mean DC luminance (theirs); per_image by the image's.
-  "watson_dct": Loss(
-    "watson_dct",
-    lambda x, y, *, params, key: watson.watson_dct(x, y, params=params, key=key),
-    lambda channels: watson.watson_params("dct", channels=channels),
-    uses_key=True,
-    image_fn=lambda x, y, *, params, key: watson.watson_dct(
-      x, y, params=params, key=key, luminance="image"
-    ),
-  ),
-  "watson_dft": Loss(
-    "watson_dft",
-    lambda x, y, *, params, key: watson.watson_dft(x, y, params=params, key=key),
-    lambda channels: watson.watson_params("dft", channels=channels),
-    uses_key=True,
-    image_fn=lambda x, y, *, params, key: watson.watson_dft(
-      x, y, params=params, key=key, luminance="image"
-    ),
-  ),
+  "watson_dct": _watson("dct"),
+  "watson_dft": _watson("dft"),
   # Deep-feature losses: the network weights are params, loaded once and passed in. Grey images
   # are repeated to RGB.
   "lpips_alex": Loss(

@@ -218,7 +218,7 @@ def _atan01_jvp(primals, tangents):
   return _atan01(t), slope * dt
 
 
-def _reference_phase(re0, im0, re1, im1) -> jax.Array:
+def _phase_without_atan2(re0, im0, re1, im1) -> jax.Array:
   """The reference's per-bin phase distance (value only), with the zeros of an FFT.
 
   An FFT returns exact zeros for a flat block, or a block flat along one axis, and the reference
@@ -426,7 +426,7 @@ def _dft(x, y, lum, amp_mask, phase_mask, *, p, w_phase, stable):
     dot = (re0 + EPS) * (re1 + EPS) + im0 * im1
     cross, dot = _stored_cotangent(cross), _stored_cotangent(dot)
     bounded = _angle(dot, cross, norm0 * norm1) * gate0 * gate1
-    angle = _value_with_derivative_of(_reference_phase(re0, im0, re1, im1), bounded) * w_phase
+    angle = _value_with_derivative_of(_phase_without_atan2(re0, im0, re1, im1), bounded) * w_phase
   else:
     angle = (
       jnp.where(
