@@ -32,7 +32,8 @@ from perceptual.pixel import abs_sign_grad
 
 EPS = 1e-10  # the reference's guard, kept wherever it changes values or gradients
 # Scales of the stable Watson-DFT (see watson_dft), in DFT-coefficient units (pixel values / 64):
-AMPLITUDE_FLOOR = 1e-6  # |A0 - A1| below which the beta < 1 power is made linear-quadratic
+AMPLITUDE_FLOOR = 1e-6  # |A0 - A1| below which the beta < 1 power's derivative is made bounded,
+AMPLITUDE_RESOLUTION = 2.0**-19  # or below this fraction of the block's |DC| (16 float32 ulps)
 PHASE_GATE = 1e-4  # |coefficient| below which the phase term fades out
 PHASE_FLOOR = 1e-6  # |coefficient| below which the angle's unit vector is not normalised further
 WEIGHTS = ("paper_2019", "head_2020_12", "init")
@@ -164,18 +165,33 @@ def _thresholds(c0: jax.Array, lum: jax.Array, p: dict) -> jax.Array:
   return t_l + (contrast - t_l) * jax.nn.sigmoid(contrast - t_l)  # softmax-weighted max
 
 
-def _terms(a: jax.Array, s: jax.Array, beta: jax.Array, *, stable: bool) -> jax.Array:
-  """Per-coefficient Watson terms `(a / s + EPS) ** beta` for differences a >= 0."""
-  if not stable:
-    return jnp.exp(beta * jnp.log(a * (1 / s) + EPS))
-  # (a / s) ** beta = t ** beta (FLOOR / s) ** beta with t = a / FLOOR. Below t = 1 (rounding
-  # noise, far below a grey level) t ** beta, whose slope is unbounded at 0 for beta < 1, is
-  # replaced by the quadratic with the same value and slope at 1 and 0 at 0. One log and one
-  # exp: (max(a, FLOOR) / s) ** beta is (a / s) ** beta above the floor, (FLOOR / s) ** beta below.
-  t = a * (1 / AMPLITUDE_FLOOR)
-  small = (2 - beta) * t + (beta - 1) * t * t
-  power = jnp.exp(beta * jnp.log(jnp.maximum(a, AMPLITUDE_FLOOR) * (1 / s)))
-  return jnp.where(t < 1, small, 1) * power
+def _terms(a: jax.Array, s: jax.Array, beta: jax.Array, floor: jax.Array | None) -> jax.Array:
+  """Per-coefficient Watson terms `(a / s + EPS) ** beta` for differences a >= 0.
+
+  With a `floor`, their derivative is bounded below it (see `_log_with_bounded_slope`).
+  """
+  u = a * (1 / s) + EPS
+  log_u = jnp.log(u) if floor is None else _log_with_bounded_slope(u, floor * (1 / s))
+  return jnp.exp(beta * log_u)
+
+
+@jax.custom_jvp
+def _log_with_bounded_slope(u: jax.Array, u_floor: jax.Array) -> jax.Array:
+  """`log(u)`, differentiated as `u / (u^2 + u_floor^2)` instead of `1 / u`.
+
+  The same above the floor (1 % off at 10 floors), and 0 at u = 0: `u ** beta` (beta < 1), whose
+  slope is unbounded at 0, gets a slope of at most ~`u_floor ** (beta - 1)`, and a difference at
+  the level of rounding noise gets almost no gradient, whatever its sign. No extra transcendental.
+  """
+  del u_floor
+  return jnp.log(u)
+
+
+@_log_with_bounded_slope.defjvp
+def _log_with_bounded_slope_jvp(primals, tangents):
+  u, u_floor = primals
+  u_floor = jax.lax.stop_gradient(u_floor)
+  return jnp.log(u), tangents[0] * u / (u * u + u_floor * u_floor)
 
 
 def _pool(d: jax.Array, beta: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -186,14 +202,20 @@ def _pool(d: jax.Array, beta: jax.Array, mask: jax.Array | None) -> jax.Array:
 
 
 def _angle(dot: jax.Array, cross: jax.Array, norm: jax.Array) -> jax.Array:
-  """atan2(cross, dot) in [0, pi] for cross >= 0 and norm = |z0| |z1|, without atan2 or acos.
+  """atan2(cross, dot) in [0, pi] for cross >= 0 and norm = |z0| |z1|, smoothed at 0 and pi as
+  the reference's acos guard, without atan2 or acos (the bounded derivative's stand-in).
 
   Half-angle form: with cos = dot / norm and sin = cross / norm, t = sin / (1 + |cos|) =
   cross / (norm + |dot|) in [0, 1] is tan(theta / 2) for cos >= 0 and tan(pi / 2 - theta / 2)
   for cos < 0; one division, one polynomial, one select.
   """
-  half = 2 * _atan01(cross / (norm + jnp.abs(dot)))
-  return jnp.where(dot < 0, np.pi - half, half)
+  half = 2 * _atan01(cross / (norm + jnp.abs(dot)))  # the distance from the nearer of 0 and pi
+  # Rounded off (quadratic) below the reference's acos guard, 4.5e-4 rad (see `_guarded_angle`):
+  # a phase difference at the level of rounding noise gets almost no gradient, whatever its sign.
+  # 0 at theta = 0, where the gates' derivatives multiply it.
+  guard = 4.5e-4
+  guarded = jnp.where(half < guard, half * half * (0.5 / guard), half - 0.5 * guard)
+  return jnp.where(dot < 0, np.pi - guarded, guarded)
 
 
 def _horner(coefficients: tuple[float, ...], u: jax.Array) -> jax.Array:
@@ -218,22 +240,29 @@ def _atan01_jvp(primals, tangents):
   return _atan01(t), slope * dt
 
 
-def _phase_without_atan2(re0, im0, re1, im1) -> jax.Array:
-  """The reference's per-bin phase distance (value only), with the zeros of an FFT.
+@jax.custom_jvp
+def _snap_rounding_noise(v: jax.Array, dc: jax.Array) -> jax.Array:
+  """`v` with the block GEMMs' rounding noise set to the FFT's exact 0; derivative 1.
 
-  An FFT returns exact zeros for a flat block, or a block flat along one axis, and the reference
-  takes the angle of such a coefficient as 0. The block GEMMs return rounding noise instead
-  (up to 32 ulp of the block's mean for inputs in [0, 1]), whose angle is arbitrary: it is set
-  back to 0. In float64 this changes nothing the reference's EPS does not already hide.
+  An FFT returns exact zeros for a flat block, or a block flat along one axis; the block GEMMs
+  return noise up to ~32 ulp of the block's mean instead (measured <= 3.5e-8 of |DC| in float32,
+  3x below eps(dtype) |DC|). The reference's angle of a zero coefficient is 0 and the direction
+  of its amplitude's derivative is (1, 1) / sqrt(2) (its EPS in both parts); a noise coefficient
+  would give both an arbitrary direction, and float32 gradients unrelated to float64 ones. In
+  float64 the noise is below the reference's EPS and this changes nothing.
   """
+  noise = jnp.finfo(v.dtype).eps * jnp.abs(dc)
+  return jnp.where(jnp.abs(v) <= noise, 0, v)
+
+
+@_snap_rounding_noise.defjvp
+def _snap_rounding_noise_jvp(primals, tangents):
+  return _snap_rounding_noise(*primals), tangents[0]
+
+
+def _phase_without_atan2(re0, im0, re1, im1) -> jax.Array:
+  """The reference's per-bin phase distance (value only) of snapped coefficients."""
   re0, im0, re1, im1 = map(jax.lax.stop_gradient, (re0, im0, re1, im1))
-
-  def snap(re, im):
-    noise = jnp.finfo(re.dtype).eps * jnp.abs(re[..., :1])
-    zero = lambda v: jnp.where(jnp.abs(v) <= noise, 0, v)
-    return zero(re), zero(im)
-
-  (re0, im0), (re1, im1) = snap(re0, im0), snap(re1, im1)
   dre, dim = re1 - re0, im1 - im0  # exactly 0 where unchanged: no FMA-contracted cross residue
   cross = jnp.abs((re0 + EPS) * dim - im0 * dre)
   dot = (re0 + EPS) * (re1 + EPS) + im0 * im1
@@ -403,7 +432,7 @@ def _dct(x, y, lum, mask, *, p):
   # difference would give a large gradient at y == x through the beta < 1 power).
   (c0,), (diff,) = _blocks(x, _DCT_BASIS), _blocks(x - y, _DCT_BASIS)
   beta = p["beta"][None, :, None, None]
-  d = _terms(abs_sign_grad(diff), _thresholds(c0, lum, p), beta, stable=False)
+  d = _terms(abs_sign_grad(diff), _thresholds(c0, lum, p), beta, None)
   return _pool(d, p["beta"], mask)
 
 
@@ -411,6 +440,10 @@ def _dft(x, y, lum, amp_mask, phase_mask, *, p, w_phase, stable):
   """Watson-DFT per image and channel, `[B, C]`."""
   (re0, im0), (dre, dim) = _blocks(x, *_DFT_BASES), _blocks(y - x, *_DFT_BASES)
   re1, im1 = re0 + dre, im0 + dim
+  if stable:
+    dc0, dc1 = jax.lax.stop_gradient(re0[..., :1]), jax.lax.stop_gradient(re1[..., :1])
+    re0, im0 = _snap_rounding_noise(re0, dc0), _snap_rounding_noise(im0, dc0)
+    re1, im1 = _snap_rounding_noise(re1, dc1), _snap_rounding_noise(im1, dc1)
   beta = p["beta"][None, :, None, None]
   w_phase = w_phase[None, :, None, :]
   # Every x-y comparison is exactly 0 where a coefficient is unchanged (dre = dim = 0), whatever
@@ -420,7 +453,10 @@ def _dft(x, y, lum, amp_mask, phase_mask, *, p, w_phase, stable):
   a1, norm1, gate1 = map(_stored_cotangent, _polar(re1, im1))
   unchanged = (dre == 0) & (dim == 0)
   diff = jnp.where(unchanged, 0, a1 - a0)
-  d = _terms(abs_sign_grad(diff), _thresholds(a0, lum, p), beta, stable=stable)
+  floor = None
+  if stable:  # amplitude differences below the resolution of the block's float32 coefficients
+    floor = jnp.maximum(AMPLITUDE_FLOOR, AMPLITUDE_RESOLUTION * jnp.abs(dc0))
+  d = _terms(abs_sign_grad(diff), _thresholds(a0, lum, p), beta, floor)
   if stable:
     cross = abs_sign_grad((re0 + EPS) * dim - im0 * dre)  # (re0 + EPS, im0) x (re1 + EPS, im1)
     dot = (re0 + EPS) * (re1 + EPS) + im0 * im1
@@ -508,25 +544,29 @@ def watson_dft(
   clipped or JPEG-quantised blocks): 1 / |z| (up to ~1e10) for the phase, `EPS ** (beta - 1)` for
   the amplitudes; their size and sign then depend on the float precision.
 
-  `formulation="stable"` (the default, what trainers use) keeps the reference's phase value,
+  `formulation="stable"` (the default, what trainers use) returns the reference's values,
   including its conventions that the angle of a zero coefficient is 0 and that the acos guard
-  puts 4.5e-4 rad on an unchanged bin, and differentiates a bounded stand-in instead: the angle
-  between the coefficients faded out by `g(|z0|) g(|z1|)`, `g(r) = r^4 / (r^4 + PHASE_GATE^4)`
-  (1e-4, about one 8-bit grey level in one pixel). So a flat block of x against a textured
-  block of y counts in the value, but its phase term pushes no gradient into y. Below
-  `AMPLITUDE_FLOOR` (1e-6, 1/60 of a grey level) `|A0 - A1| ** beta` is made linear-quadratic
-  (bounded slope; the value there is at most `(AMPLITUDE_FLOOR / s) ** beta`, where the reference
-  gives `EPS ** beta` for an unchanged coefficient), exact above.
+  puts 4.5e-4 rad on an unchanged bin, and differentiates bounded stand-ins instead (custom JVPs):
+  - phase: the angle between the coefficients, rounded off within the acos guard, faded
+    out by `g(|z0|) g(|z1|)`, `g(r) = r^4 / (r^4 + PHASE_GATE^4)` (1e-4, about one 8-bit grey
+    level in one pixel). A flat block of x against a textured block of y counts in the value,
+    but its phase term pushes no gradient into y.
+  - amplitudes: `(u + EPS) ** beta`, u = |A0 - A1| / s, is differentiated with
+    `d log u = du u / (u^2 + floor^2)`, floor = `max(AMPLITUDE_FLOOR, AMPLITUDE_RESOLUTION |DC|)
+    / s` (1e-6 in coefficient units, or 2^-19 of the block's DC coefficient: 16 float32 ulps):
+    exact well above the floor, bounded, and 0 for an unchanged coefficient.
+  In float32 the block transforms leave rounding noise (below 4e-8 of the block's mean) where an
+  FFT gives exact zeros; the default sets it back to 0 (values and derivative directions), while
+  the reference formulation takes its arbitrary angles, as the authors' code does for its own
+  rounding noise (their float32 and float64 values differ by up to 2 % on such pairs).
   Neither formulation uses atan2 or acos on the default path (slow in XLA on CPU).
 
   Measured against the authors' computation in float64 (an independent PyTorch transcription
   of their code and `formulation="reference"` agree to 1e-7), on scikit-image photographs at
   64 and 192 px, grey and RGB, distorted by JPEG at quality 10 and 30, blur, noise, contrast and
-  clipping: the default is within 1e-4 relative in float64 and 1e-3 in float32, per image and
-  per batch. In float32 the block transforms leave rounding noise (below 4e-8 of the block's
-  mean) where an FFT gives exact zeros; the default counts such coefficients as 0, while the
-  reference formulation takes their arbitrary angles, as the authors' code does for its own
-  rounding noise (their float32 and float64 values differ by up to 2 % on such pairs).
+  clipping: the default's values are within 1e-4 relative in float64 and 1e-3 in float32, per
+  image and per batch; its float32 and float64 gradients agree to a median relative L2 error of
+  3e-4 (at most 2e-2) per image.
 
   Args:
     x: reference images `[B, H, W, C]` in `[0, 1]`, C = 1 or 3, H and W multiples of 8.

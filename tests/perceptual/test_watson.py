@@ -323,7 +323,7 @@ def _jpeg(image, quality):
 
 def _distorted_photographs(channels):
   """64x64 crops of scikit-image photographs (flat sky, paper, clipped highlights) against their
-  JPEG (quality 10, 30) and blurred versions, float64, 8-bit values."""
+  JPEG (quality 10, 30), blurred and brightened (clipped) versions, float64, 8-bit values."""
   import skimage.filters
 
   crops = []
@@ -338,7 +338,7 @@ def _distorted_photographs(channels):
   for x in crops:
     x = np.round(x.reshape(64, 64, channels) * 255) / 255
     blur = np.round(skimage.filters.gaussian(x, sigma=1.5, channel_axis=-1) * 255) / 255
-    for y in (_jpeg(x, 10), _jpeg(x, 30), blur):
+    for y in (_jpeg(x, 10), _jpeg(x, 30), blur, np.minimum(1.4 * x, 1)):
       xs.append(x)
       ys.append(y)
   return np.stack(xs), np.stack(ys)
@@ -360,7 +360,14 @@ def test_default_dft_equals_the_authors_values_on_photographs(channels):
   np.testing.assert_allclose(per_image, want, rtol=2e-3)
   np.testing.assert_allclose(jax.jit(watson_dft)(x32, y32), want_batch, rtol=2e-3)
   np.testing.assert_allclose(default64, want, rtol=2e-4)
-  # Its gradient is finite. (Not yet the same in both precisions here: where JPEG leaves a
-  # coefficient of y equal to x's up to rounding, the sign of |A0 - A1|'s slope is rounding.)
-  grad = jax.jit(lambda a, b: jax.grad(lambda b: jnp.sum(watson_dft(a, b)))(b))
-  assert np.isfinite(np.asarray(grad(x32, y32))).all()
+  # Its gradient is the same in both precisions: where JPEG leaves a coefficient equal up to
+  # rounding, the sign of |A0 - A1|'s slope or of the phase difference is rounding, and the
+  # bounded derivative gives it (almost) no weight. Before, float32 and float64 gradients
+  # differed by 55-110 % (median relative L2 error) on such pairs.
+  grad = jax.jit(jax.vmap(jax.grad(lambda a, b: watson_dft(a[None], b[None])[0], argnums=1)))
+  g32 = np.asarray(grad(x32, y32), np.float64).reshape(len(x), -1)
+  with jax.enable_x64(True):
+    g64 = np.asarray(grad(x, y)).reshape(len(x), -1)
+  assert np.isfinite(g32).all()
+  error = np.linalg.norm(g32 - g64, axis=1) / np.linalg.norm(g64, axis=1)
+  assert error.max() < 5e-2 and np.median(error) < 5e-3, error
