@@ -49,7 +49,7 @@ def bicubic_degrade(
   Returns:
     `[B, H, W, C]`: blurred images of the input's size, the SRCNN input.
   """
-  images = checks.as_float_images(images, "images")
+  images = checks.as_float_images(images, name="images")
   checks.check_min_size(
     images, scale, metric=f"bicubic_degrade(scale={scale})", hint="Use larger images."
   )
@@ -115,7 +115,7 @@ def sr_training_pairs(
   Returns:
     `(inputs, targets)`, each `[num_crops, size, size, C]`; inputs are the bicubic-degraded crops.
   """
-  high = modcrop(checks.as_float_images(images, "images"), scale=scale)
+  high = modcrop(checks.as_float_images(images, name="images"), scale=scale)
   low = bicubic_degrade(high, scale=scale, antialias=antialias)
   both = random_crops(key, jnp.concatenate([low, high], axis=-1), size=size, num_crops=num_crops)
   c = images.shape[-1]

@@ -52,13 +52,13 @@ def category_scores(
 ) -> dict[str, float]:
   """2AFC score per category and their mean for the distances of one metric on a split."""
   per_record = np.asarray(twoafc.score(d0, d1, split.judge))
-  return twoafc.score_by_category(per_record, split.category, categories)
+  return twoafc.score_by_category(per_record, split.category, names=categories)
 
 
 def ceiling(split: twoafc_data.Split, categories: tuple[str, ...]) -> dict[str, float]:
   """The best score any metric can reach on these judges, `mean(max(h, 1 - h))` per category."""
   h = np.asarray(split.judge, np.float64)
-  return twoafc.score_by_category(np.maximum(h, 1 - h), split.category, categories)
+  return twoafc.score_by_category(np.maximum(h, 1 - h), split.category, names=categories)
 
 
 def score_losses(

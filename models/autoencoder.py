@@ -71,7 +71,7 @@ def _code(x: jax.Array, kind: str, quantize: bool) -> jax.Array:
 
 
 def _check_input(x: jax.Array, image_shape: tuple[int, int, int], model: str) -> jax.Array:
-  x = checks.as_float_images(x, "x")
+  x = checks.as_float_images(x, name="x")
   if tuple(x.shape[1:]) != tuple(image_shape):
     raise ValueError(
       f"{model} was built for images of shape [B, {', '.join(map(str, image_shape))}], got "

@@ -63,7 +63,7 @@ class SRCNN(nn.Module):
         f"SRCNN has three layers: pass 3 kernel_sizes and 2 features, got {self.kernel_sizes} "
         f"and {self.features}."
       )
-    x = checks.as_float_images(x, "x")
+    x = checks.as_float_images(x, name="x")
     checks.check_min_size(
       x,
       2 * self.border + 1,

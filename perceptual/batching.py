@@ -34,14 +34,14 @@ import jax.numpy as jnp
 CHUNK_ELEMENTS = 2**15
 
 
-def images_per_chunk(batch: int, elements_per_image: int, backend: str | None = None) -> int:
+def images_per_chunk(batch: int, elements_per_image: int, *, backend: str | None = None) -> int:
   """How many images `map_batch` evaluates at once: the whole batch except on CPU."""
   if (backend or jax.default_backend()) != "cpu":
     return batch
   return max(1, min(batch, CHUNK_ELEMENTS // max(elements_per_image, 1)))
 
 
-def map_batch(fn: Callable[[Any, Any], Any], batched: Any, shared: Any = ()) -> Any:
+def map_batch(fn: Callable[[Any, Any], Any], batched: Any, *, shared: Any = ()) -> Any:
   """`fn(batched, shared)`, evaluated chunk by chunk along the leading (batch) axis.
 
   Args:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 
-def as_float_images(x: jax.Array, name: str = "x") -> jax.Array:
+def as_float_images(x: jax.Array, *, name: str = "x") -> jax.Array:
   """Checks one `[B, H, W, C]` float image batch and returns it in at least float32.
 
   Half-precision inputs (bfloat16, float16) are promoted so that means, variances and powers are
@@ -32,7 +32,7 @@ def as_image_pair(
   x: jax.Array, y: jax.Array, *, channels: tuple[int, ...] | None = None, metric: str = "metric"
 ) -> tuple[jax.Array, jax.Array]:
   """Checks a reference `x` and a distorted `y` of the same shape; returns both as float32+."""
-  x, y = as_float_images(x, "x"), as_float_images(y, "y")
+  x, y = as_float_images(x, name="x"), as_float_images(y, name="y")
   if x.shape != y.shape:
     raise ValueError(
       f"{metric}: x and y must have the same shape, got x {x.shape} and y {y.shape}."

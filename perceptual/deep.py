@@ -8,10 +8,10 @@ normalisation of the torchvision trunks is applied inside: LPIPS's `(2x - 1 - sh
 which equals torchvision's `(x - mean) / std`, so callers never rescale to [-1, 1].
 
 The network weights are an argument, `params` (a pytree of arrays): load them once outside `jit`
-with `lpips_params(net)` and pass them in, so that a jitted loss takes them as an input instead of
-folding 10-60 MB of constants into every compiled program. `params=None` loads them on the spot,
-which is convenient eagerly. Convolutions run at `precision=HIGHEST` so that float32 features are
-not computed in TF32/bfloat16 on accelerators.
+with `lpips_params(net=...)` and pass them in, so that a jitted loss takes them as an input
+instead of folding 10-60 MB of constants into every compiled program. `params=None` loads them on
+the spot, which is convenient eagerly. Convolutions run at `precision=HIGHEST` so that float32
+features are not computed in TF32/bfloat16 on accelerators.
 
 Features are named after the convolution whose ReLU output they are (`"conv5"` is relu5, as in
 Caffe's in-place ReLU that DeePSiM used).
@@ -122,8 +122,8 @@ def alexnet_features(
     (https://arxiv.org/abs/1404.5997), the variant torchvision implements.
 
   Args:
-    params: AlexNet weights `{conv: {"kernel": HWIO, "bias"}}`: `lpips_params("alex")["backbone"]`
-      or `alexnet_random_params(key)`.
+    params: AlexNet weights `{conv: {"kernel": HWIO, "bias"}}`:
+      `lpips_params(net="alex")["backbone"]` or `alexnet_random_params(key)`.
     x: images `[B, H, W, 3]` (or grey `[B, H, W, 1]`) in [0, 1], at least 31 pixels a side for
       conv3-conv5, 15 for conv2, 7 for conv1.
     layers: names among "conv1".."conv5"; the network stops at the deepest.
@@ -158,7 +158,7 @@ def vgg16_features(
     Recognition", ICLR 2015 (https://arxiv.org/abs/1409.1556).
 
   Args:
-    params: VGG16 weights, `lpips_params("vgg")["backbone"]`.
+    params: VGG16 weights, `lpips_params(net="vgg")["backbone"]`.
     x: images `[B, H, W, 3]` (or grey `[B, H, W, 1]`) in [0, 1]; block k needs `2**(k-1)` pixels.
     layers: names "convK_L" (K = 1..5); the network stops at the deepest.
 
@@ -218,7 +218,7 @@ def lpips(
       31x31 for "alex", 16x16 for "vgg".
     y: distorted images, same shape.
     net: "alex" (taps relu1..relu5) or "vgg" (relu1_2, relu2_2, relu3_3, relu4_3, relu5_3).
-    params: `lpips_params(net)` (`{"backbone", "heads"}`); None loads it.
+    params: `lpips_params(net=net)` (`{"backbone", "heads"}`); None loads it.
     dropout_key: fitting the heads on 2AFC data (`train.calibrate`): with a key, each squared
       feature difference is dropped with probability `dropout_rate` (survivors scaled by
       `1 / (1 - rate)`), as LPIPS's training applies dropout before its linear heads.
@@ -232,7 +232,7 @@ def lpips(
   x, y = _as_rgb_pair(x, y, metric="lpips")
   taps = LPIPS_TAPS[net]
   _check_size(x, taps[-1], metric=f"lpips-{net}")
-  params = tree_astype(lpips_params(net) if params is None else params, x.dtype)
+  params = tree_astype(lpips_params(net=net) if params is None else params, x.dtype)
   # Two passes, not one over the stacked batch: the backward pass of a loss on y then runs
   # through y's half only (with a stacked batch it runs through both, twice the work).
   features_x = _FEATURES[net](params["backbone"], x, layers=taps)
@@ -268,7 +268,7 @@ def deepsim_feature_loss(
     x: target images `[B, H, W, 3]` (grey `[B, H, W, 1]` is repeated) in [0, 1].
     y: generated images, same shape.
     layer: "conv1".."conv5" (post-ReLU); needs at least 7, 15 or 31 pixels a side.
-    params: AlexNet weights (`lpips_params("alex")` or its "backbone", or random); None loads
+    params: AlexNet weights (`lpips_params(net="alex")` or its "backbone", or random); None loads
       the pretrained ones.
 
   Returns:
@@ -277,7 +277,7 @@ def deepsim_feature_loss(
   x, y = _as_rgb_pair(x, y, metric="deepsim_feature_loss")
   if layer not in ALEX_LAYERS:
     raise ValueError(f"deepsim_feature_loss: layer must be one of {ALEX_LAYERS}, got {layer!r}.")
-  params = lpips_params("alex") if params is None else params
+  params = lpips_params(net="alex") if params is None else params
   backbone = params.get("backbone", params)
   fx = alexnet_features(backbone, x, layers=(layer,))[layer]  # two passes: see `lpips`
   fy = alexnet_features(backbone, y, layers=(layer,))[layer]

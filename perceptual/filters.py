@@ -165,7 +165,7 @@ def _shift_filter_bwd(taps, axis, step, _, ct):
 _shift_filter.defvjp(_shift_filter_fwd, _shift_filter_bwd)
 
 
-def avg_pool(x: jax.Array, factor: int = 2, *, odd: str = "drop") -> jax.Array:
+def avg_pool(x: jax.Array, *, factor: int = 2, odd: str = "drop") -> jax.Array:
   """Non-overlapping `factor x factor` mean pooling of `[B, H, W, C]`.
 
   Args:

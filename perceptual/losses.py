@@ -184,16 +184,16 @@ LOSSES: dict[str, Loss] = {
   "lpips_alex": Loss(
     "lpips_alex",
     lambda x, y, *, params, key: deep.lpips(x, y, net="alex", params=params),
-    lambda channels: pretrained.lpips_params("alex"),
+    lambda channels: pretrained.lpips_params(net="alex"),
   ),
   "lpips_vgg": Loss(
     "lpips_vgg",
     lambda x, y, *, params, key: deep.lpips(x, y, net="vgg", params=params),
-    lambda channels: pretrained.lpips_params("vgg"),
+    lambda channels: pretrained.lpips_params(net="vgg"),
   ),
   "deepsim": Loss(
     "deepsim",
     lambda x, y, *, params, key: deep.deepsim_feature_loss(x, y, layer="conv5", params=params),
-    lambda channels: pretrained.lpips_params("alex"),
+    lambda channels: pretrained.lpips_params(net="alex"),
   ),
 }

@@ -71,7 +71,7 @@ def weights_path(net: str) -> pathlib.Path | None:
 
 
 def weights_available(net: str) -> bool:
-  """True when `lpips_params(net)` can load without fetching."""
+  """True when `lpips_params(net=net)` can load without fetching."""
   return weights_path(net) is not None
 
 
@@ -124,8 +124,7 @@ def load_weights(net: str) -> dict[str, np.ndarray]:
   return flat
 
 
-@functools.cache
-def lpips_params(net: str = "alex") -> dict:
+def lpips_params(*, net: str = "alex") -> dict:
   """Loads the pretrained trunk and LPIPS v0.1 heads of `net` once, as a pytree of jnp arrays.
 
   Args:
@@ -135,6 +134,13 @@ def lpips_params(net: str = "alex") -> dict:
     `{"backbone": {conv: {"kernel": [kh, kw, in, out], "bias": [out]}}, "heads": {tap: [C]}}`,
     float32; pass it (or its "backbone") as `params` to the functions of `perceptual.deep`.
   """
+  return _cached_lpips_params(net)
+
+
+# Cached on the positional `net` alone, so that `lpips_params()` and `lpips_params(net="alex")`
+# share one copy of the weights (functools.cache keys on how the arguments were spelled).
+@functools.cache
+def _cached_lpips_params(net: str) -> dict:
   return _unflatten(load_weights(net))
 
 
@@ -247,7 +253,7 @@ def fetch_weights(
         np.savez(partial, **flat)
         partial.replace(path)  # atomic: a concurrent loader never sees half a file.
         written[net] = path
-  lpips_params.cache_clear()
+  _cached_lpips_params.cache_clear()
   return written
 
 

@@ -174,7 +174,7 @@ def _ms_ssim_values(x, y, max_val, filter_size, filter_sigma, k1, k2, padding, w
   terms = []
   for scale in range(len(weights)):
     if scale:
-      x, y = filters.avg_pool(x, 2, odd="pad"), filters.avg_pool(y, 2, odd="pad")
+      x, y = filters.avg_pool(x, factor=2, odd="pad"), filters.avg_pool(y, factor=2, odd="pad")
     lum, cs = _ssim_terms(x, y, max_val, filter_size, filter_sigma, k1, k2, padding)
     last = scale == len(weights) - 1
     terms.append(_channel_mean(_at_most_one(lum * cs if last else cs), x.shape[-1]))  # [B, C]

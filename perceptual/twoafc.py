@@ -97,7 +97,7 @@ def score(d0: jax.Array, d1: jax.Array, h: jax.Array) -> jax.Array:
 
 
 def score_by_category(
-  scores: np.ndarray, categories: np.ndarray, names: tuple[str, ...] | None = None
+  scores: np.ndarray, categories: np.ndarray, *, names: tuple[str, ...] | None = None
 ) -> dict[str, float]:
   """Mean score per category, plus "mean": the mean over categories (not records), as BAPPS.
 

@@ -515,7 +515,7 @@ def watson_dct(
     (x, y, lum, mask), (p, weights) = images, shared
     return _dct(x, y, lum, mask, p=p) @ weights.astype(x.dtype)
 
-  return batching.map_batch(per_image, (x, y, lum, mask), (p, weights))
+  return batching.map_batch(per_image, (x, y, lum, mask), shared=(p, weights))
 
 
 def watson_dft(
@@ -605,4 +605,4 @@ def watson_dft(
     d = _dft(x, y, lum, *masks, p=p, w_phase=w_phase, stable=formulation == "stable")
     return d @ weights.astype(x.dtype)
 
-  return batching.map_batch(per_image, (x, y, lum, masks), (p, w_phase, weights))
+  return batching.map_batch(per_image, (x, y, lum, masks), shared=(p, w_phase, weights))

@@ -11,6 +11,11 @@ jax.config.update("jax_num_cpu_devices", 8)
 # Halves compile time on the tiny shapes of the suite; results are unchanged.
 jax.config.update("jax_disable_most_optimizations", True)
 os.environ.setdefault("TFDS_DATA_DIR", os.path.join(os.path.dirname(__file__), "..", ".tfds"))
+# `models`, `train` and `eval` are folders of the checkout, not installed packages: pytest's
+# `pythonpath` puts the repository root on this process's path, and this puts it on the path of
+# the tests' subprocesses (`python -c "from train import ..."`), whatever their working directory.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_REPO, os.environ.get("PYTHONPATH")]))
 
 # Many tests compile the same programs again: a trainer run twice (train, then resume), the
 # subprocesses of the entry-point tests (5 MNIST runs with one config, 2 CelebA runs). JAX's

@@ -87,13 +87,13 @@ def _lpips(net: str) -> Fittable:
 
   def initial(init, channels):
     del channels  # grey images are repeated to RGB
-    heads = pretrained.lpips_params(net)["heads"]
+    heads = pretrained.lpips_params(net=net)["heads"]
     return heads if init == "pretrained" else jax.tree.map(jnp.ones_like, heads)
 
   return Fittable(
     distance,
     initial,
-    lambda channels: pretrained.lpips_params(net)["backbone"],
+    lambda channels: pretrained.lpips_params(net=net)["backbone"],
     ("init", "pretrained"),
     project=lambda heads: jax.tree.map(lambda w: jnp.maximum(w, 0.0), heads),
     saved=lambda heads: {"heads": heads},

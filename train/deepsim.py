@@ -100,7 +100,7 @@ class DeepsimState(NamedTuple):
 
 def make_consts(config: Config) -> dict[str, Any]:
   """Jit arguments: the fixed AlexNet (inverted features), the comparator, lambdas, D's ratio."""
-  alexnet = pretrained.lpips_params("alex")["backbone"]
+  alexnet = pretrained.lpips_params(net="alex")["backbone"]
   comparator = (
     deep.alexnet_random_params(jax.random.key(config.seed + 1))
     if config.random_comparator

@@ -61,7 +61,7 @@ def _pair(case):
   return as_float(x), as_float(y)
 
 
-_params = deep.lpips_params  # cached: loaded and checksummed once per net
+_params = lambda net: deep.lpips_params(net=net)  # cached: loaded and checksummed once per net
 
 _lpips = jax.jit(deep.lpips, static_argnames="net")
 _deepsim = jax.jit(deep.deepsim_feature_loss, static_argnames="layer")

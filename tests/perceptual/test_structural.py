@@ -185,19 +185,19 @@ def test_ms_ssim_relu_and_simple():
 
 def test_avg_pool_odd_sizes_like_pytorch():
   x = jnp.arange(1.0, 16.0).reshape(1, 3, 5, 1)
-  pooled = filters.avg_pool(x, 2, odd="pad")
+  pooled = filters.avg_pool(x, factor=2, odd="pad")
   chex.assert_shape(pooled, (1, 2, 3, 1))
   # avg_pool2d(kernel 2, padding 1, count_include_pad=True): zero row/column first, divide by 4.
   np.testing.assert_allclose(pooled[0, 0, 0, 0], 1.0 / 4)
   np.testing.assert_allclose(pooled[0, 1, 1, 0], (7 + 8 + 12 + 13) / 4)
-  chex.assert_shape(filters.avg_pool(x, 2), (1, 1, 2, 1))
+  chex.assert_shape(filters.avg_pool(x, factor=2), (1, 1, 2, 1))
 
 
 def test_avg_pool_factor_three_and_its_gradient():
   x, _ = _images((2, 7, 9, 3))
   want = np.asarray(x)[:, :6].reshape(2, 2, 3, 3, 3, 3).mean(axis=(2, 4))
-  np.testing.assert_allclose(filters.avg_pool(x, 3), want, rtol=1e-6)
-  grad = jax.grad(lambda v: jnp.sum(filters.avg_pool(v, 3)))(x)
+  np.testing.assert_allclose(filters.avg_pool(x, factor=3), want, rtol=1e-6)
+  grad = jax.grad(lambda v: jnp.sum(filters.avg_pool(v, factor=3)))(x)
   np.testing.assert_allclose(grad[:, :6], 1 / 9, rtol=1e-6)  # every pooled pixel
   np.testing.assert_array_equal(grad[:, 6:], 0)  # the dropped trailing row
 

@@ -66,7 +66,9 @@ def test_shape_mismatch_raises():
 
 
 def test_score_by_category_means_over_categories():
-  out = twoafc.score_by_category(np.array([1.0, 0.0, 1.0, 1.0]), np.array([0, 0, 1, 1]), ("a", "b"))
+  out = twoafc.score_by_category(
+    np.array([1.0, 0.0, 1.0, 1.0]), np.array([0, 0, 1, 1]), names=("a", "b")
+  )
   assert out == {"a": 0.5, "b": 1.0, "mean": 0.75}
 
 
