@@ -31,7 +31,7 @@ import perceptual
 from eval import probes, report, retrieval, win_rate
 from models import autoencoder as ae
 from train import autoencoder as ae_train
-from train import images
+from train import images, metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,7 +183,7 @@ def evaluate(
       }
     )
   summary["probes"] = rows
-  summary["paths"]["probes"] = report.write_table(
+  summary["paths"]["probes"] = metrics.write_table(
     rows, out, "probes", title="Linear probes on the codes (test split)"
   )
   shown = np.sort(np.random.default_rng(seed + 1).permutation(len(test_idx))[:16])

@@ -15,116 +15,19 @@ References:
   evaluation of autoencoder generative adversarial networks. arXiv:1708.02237, 2017.
 """
 
-import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from matplotlib.figure import Figure
-
-from eval import report
-from perceptual import color, gradient
-from train import images
-
-DISTANCES = ("l1", "gmsm", "chroma")  # metric suffixes logged by train.began
-
-
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """The lines of `workdir/metrics.jsonl`, in order."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def distance_table(lines: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-  """Mean and std over the logged training steps of each `real_<d>` / `fake_<d>` distance.
-
-  Returns:
-    `{"real_l1_mean": ..., "real_l1_std": ..., "fake_l1_mean": ...}` for every distance logged.
-  """
-  row = {}
-  for source in ("real", "fake"):
-    for name in DISTANCES:
-      values = [line[f"{source}_{name}"] for line in lines if f"{source}_{name}" in line]
-      if values:
-        row[f"{source}_{name}_mean"] = float(np.mean(values))
-        row[f"{source}_{name}_std"] = float(np.std(values))
-  return row
-
-
-def plot_convergence(lines: Sequence[Mapping[str, Any]], path: str, *, title: str = "") -> str:
-  """M_global (left axis) and k_t (right axis) against the training step; returns `path`."""
-  train = [line for line in lines if "m_global" in line]
-  steps = [line["step"] for line in train]
-  fig = Figure(figsize=(6.0, 3.6))
-  ax = fig.add_subplot()
-  ax.plot(steps, [line["m_global"] for line in train], color="tab:blue", label="M_global")
-  ax.set_xlabel("step")
-  ax.set_ylabel("M_global", color="tab:blue")
-  ax.grid(alpha=0.3)
-  k_axis = ax.twinx()
-  k_axis.plot(steps, [line["k"] for line in train], color="tab:red", label="k_t")
-  k_axis.set_ylabel("k_t", color="tab:red")
-  ax.set_title(title or "BEGAN convergence")
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=100)
-  return path
-
-
-def chroma_similarity_map(
-  x: jax.Array, y: jax.Array, *, max_val: float = 1.0, c: float = gradient.CHROMA_C
-) -> jax.Array:
-  """Per-pixel `S_I * S_Q` of `perceptual.gradient.chroma_similarity` (whose mean it is).
-
-  Args:
-    x: reference RGB images `[B, H, W, 3]` in `[0, max_val]`.
-    y: distorted RGB images, same shape.
-    max_val: the dynamic range.
-    c: stability constant for I and Q of `[0, 1]` RGB.
-
-  Returns:
-    `[B, H, W, 1]` in `[-1, 1]`, 1 where the chrominance agrees.
-  """
-  yiq_x, yiq_y = color.rgb_to_yiq(x / max_val), color.rgb_to_yiq(y / max_val)
-  sim = (2 * yiq_x * yiq_y + c) / (jnp.square(yiq_x) + jnp.square(yiq_y) + c)
-  return (sim[..., 1] * sim[..., 2])[..., None]
-
-
-def similarity_maps(x: jax.Array, y: jax.Array) -> dict[str, np.ndarray]:
-  """GMS map (upsampled 2x to the image size) and, for RGB, the chrominance map, in [0, 1]."""
-  gms = gradient.gms_map(x, y)
-  gms = jnp.repeat(jnp.repeat(gms, 2, axis=1), 2, axis=2)[:, : x.shape[1], : x.shape[2]]
-  maps = {"gms": np.asarray(gms)}
-  if x.shape[-1] == 3:  # negative similarity (opposite hue) shown as black
-    maps["chroma"] = np.clip(np.asarray(chroma_similarity_map(x, y)), 0.0, 1.0)
-  return maps
-
-
-def save_similarity_maps(path: str, x: np.ndarray, y: np.ndarray, *, scale: int = 2) -> str:
-  """Rows: originals, reconstructions, GMS map, chrominance map (RGB only); returns `path`.
-
-  Args:
-    path: PNG to write.
-    x: originals `[N, H, W, C]` in `[0, 1]`.
-    y: their reconstructions D(x), same shape (clipped to `[0, 1]` for display).
-    scale: nearest-neighbour upscaling of the saved grid.
-  """
-  y = np.clip(y, 0.0, 1.0)
-  maps = similarity_maps(jnp.asarray(x), jnp.asarray(y))
-  channels = x.shape[-1]
-  rows = [x, y] + [np.repeat(m, channels, axis=-1) for m in maps.values()]
-  return images.save_grid(path, np.concatenate(rows), columns=len(x), scale=scale)
+from train import metrics
+from train.began_report import distance_table, plot_convergence
 
 
 def write_report(workdirs: Mapping[str, str], out_dir: str) -> dict[str, str]:
   """Table 2 (one row per run) and one convergence plot per run under `out_dir`."""
   rows, paths = [], {}
   for name, workdir in workdirs.items():
-    lines = read_metrics(workdir)
+    lines = metrics.read_lines(workdir)
     train = [line for line in lines if "m_global" in line]
     final = train[-1] if train else {}
     rows.append(
@@ -138,7 +41,7 @@ def write_report(workdirs: Mapping[str, str], out_dir: str) -> dict[str, str]:
     )
     paths[name] = plot_convergence(lines, os.path.join(out_dir, f"{name}_m_global.png"), title=name)
   paths.update(
-    report.write_table(rows, out_dir, "distances", title="Discriminator errors over training")
+    metrics.write_table(rows, out_dir, "distances", title="Discriminator errors over training")
   )
   return paths
 

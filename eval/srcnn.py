@@ -15,8 +15,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from eval import report
-from train import images
+from train import images, metrics
 from train import srcnn as sr_train
 
 TEST_PHOTOS = ("chelsea", "camera", "coins", "brick")
@@ -67,7 +66,7 @@ def evaluate(workdirs: list[str], out: str, *, photos=TEST_PHOTOS, crop: int = 9
       }
     )
   os.makedirs(out, exist_ok=True)
-  report.write_table(rows, out, "superres", title="Super-resolution x4, Y channel (PSNR dB, SSIM)")
+  metrics.write_table(rows, out, "superres", title="Super-resolution x4, Y channel (PSNR dB, SSIM)")
   images.save_png(os.path.join(out, "superres.png"), np.concatenate(panels, axis=0), scale=2)
   with open(os.path.join(out, "summary.json"), "w") as f:
     json.dump(

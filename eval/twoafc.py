@@ -13,16 +13,15 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-import jax
 import numpy as np
 
 import perceptual
 from perceptual import twoafc
 from train import config as config_lib
-from train import data, twoafc_data
+from train import twoafc_data
 
 # Czolbe et al. (2020), Fig. 6 / WATSON.md: mean 2AFC score over the BAPPS val categories, RGB.
 PUBLISHED_BAPPS = {
@@ -33,26 +32,6 @@ PUBLISHED_BAPPS = {
   "lpips_vgg": 0.694,
   "human": 0.737,
 }
-
-
-def distances(
-  fn: Callable[[jax.Array, jax.Array], jax.Array], split: twoafc_data.Split, *, batch_size: int = 50
-) -> tuple[np.ndarray, np.ndarray]:
-  """`(d0, d1)`, `[N]` each: `fn(ref, p0)` and `fn(ref, p1)` over a split, in stored order."""
-  jitted = jax.jit(fn)
-  d0, d1 = [], []
-  for batch, mask in data.eval_batches(split, batch_size=batch_size):
-    d0.append(np.asarray(jitted(batch["image"], batch["p0"]))[mask])
-    d1.append(np.asarray(jitted(batch["image"], batch["p1"]))[mask])
-  return np.concatenate(d0), np.concatenate(d1)
-
-
-def category_scores(
-  d0: np.ndarray, d1: np.ndarray, split: twoafc_data.Split, categories: tuple[str, ...]
-) -> dict[str, float]:
-  """2AFC score per category and their mean for the distances of one metric on a split."""
-  per_record = np.asarray(twoafc.score(d0, d1, split.judge))
-  return twoafc.score_by_category(per_record, split.category, names=categories)
 
 
 def ceiling(split: twoafc_data.Split, categories: tuple[str, ...]) -> dict[str, float]:
@@ -95,8 +74,8 @@ def score_losses(
       logging.warning("2AFC: %s skipped: %s", name, e)
       continue
     fn = lambda x, y, loss=loss, p=p: loss(x, y, params=p)
-    d0, d1 = distances(fn, dataset.test, batch_size=batch_size)
-    results[name] = category_scores(d0, d1, dataset.test, dataset.categories)
+    d0, d1 = twoafc_data.distances(fn, dataset.test, batch_size=batch_size)
+    results[name] = twoafc_data.category_scores(d0, d1, dataset.test, dataset.categories)
   return results
 
 

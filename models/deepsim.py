@@ -29,6 +29,45 @@ import jax
 import jax.numpy as jnp
 
 from models import layers
+from perceptual import deep
+
+# AlexNet layers whose features can be inverted; pool5 = conv5 max-pooled (3x3, stride 2), a
+# 1x1x256 "fc-like" vector at 64x64.
+INPUT_LAYERS = (*deep.ALEX_LAYERS, "pool5")
+
+
+def input_features(params: dict, x: jax.Array, *, layer: str) -> jax.Array:
+  """Features of the fixed AlexNet that the inversion generator reads (no gradient).
+
+  Args:
+    params: AlexNet weights `{conv: {"kernel", "bias"}}`.
+    x: images `[B, H, W, C]` in [0, 1].
+    layer: one of `INPUT_LAYERS`.
+
+  Returns:
+    `[B, h, w, c]` features.
+  """
+  if layer not in INPUT_LAYERS:
+    raise ValueError(f"input layer must be one of {INPUT_LAYERS}, got {layer!r}.")
+  conv = "conv5" if layer == "pool5" else layer
+  f = deep.alexnet_features(params, x, layers=(conv,))[conv]
+  if layer == "pool5":
+    f = jax.lax.reduce_window(f, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
+  return jax.lax.stop_gradient(f)
+
+
+def input_shape(layer: str, image_size: int, channels: int = 3) -> tuple[int, ...]:
+  """Shape `(h, w, c)` of `input_features` for one `image_size` image (no computation)."""
+  params = jax.eval_shape(deep.alexnet_random_params, jax.random.key(0))
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
+  shape = jax.eval_shape(lambda p, v: input_features(p, v, layer=layer), params, x).shape[1:]
+  if 0 in shape:
+    raise ValueError(
+      f"{layer} of a {image_size}x{image_size} image is empty {shape}; use images of at least "
+      "63 pixels for pool5, or a shallower --input_layer."
+    )
+  return shape
+
 
 LEAK = 0.3  # the paper's leaky ReLU slope
 BASE = 4  # side of the generator's first feature map

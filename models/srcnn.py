@@ -1,9 +1,9 @@
 """SRCNN: three convolutions mapping a bicubic-upsampled luma image to its high-resolution version.
 
 The model takes NHWC float images (the Y channel, `C = 1`, in `[0, 1]`) already upsampled to the
-target size (`eval.superres.bicubic_degrade` makes them) and returns the restored image with a
+target size (`train.superres.bicubic_degrade` makes them) and returns the restored image with a
 linear output, as in Dong et al.; nothing is clipped. The data pipeline (degradation, crops) lives
-in `eval/superres.py`.
+in `train/superres.py`.
 
     model = ARCHS["srcnn955"]()
     params = model.init(key, x)     # x: [B, 33, 33, 1]

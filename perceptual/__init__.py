@@ -14,7 +14,7 @@ from perceptual.deep import (
   lpips,
   vgg16_features,
 )
-from perceptual.gradient import chroma_similarity, gms_map, gmsd, gmsm
+from perceptual.gradient import chroma_similarity, chroma_similarity_map, gms_map, gmsd, gmsm
 from perceptual.losses import LOSSES, Loss, multi_distance
 from perceptual.pixel import mae, mse, psnr
 from perceptual.pretrained import lpips_params

@@ -35,11 +35,9 @@ import numpy as np
 import optax
 
 import perceptual
-from eval import began as began_eval
-from eval import report
 from models import began as began_models
+from train import began_report, data, images, loop, metrics, sharding
 from train import config as config_lib
-from train import data, images, loop, sharding
 
 PRESETS = {
   f"{name}_g{gamma}_{size}": {
@@ -118,7 +116,7 @@ def components(channels: int) -> dict[str, perceptual.Loss]:
   """The registry losses logged per distance (Table 2) that exist and take `channels`."""
   return {
     name: perceptual.LOSSES[name]
-    for name in began_eval.DISTANCES
+    for name in began_report.DISTANCES
     if name in perceptual.LOSSES and channels in perceptual.LOSSES[name].channels
   }
 
@@ -244,11 +242,13 @@ def save_pictures(networks, state, test: data.Split, config: Config) -> dict[str
       np.asarray(generate(g_params, (z[:8, None] * (1 - t) + z[8:16, None] * t).reshape(80, -1))),
       columns=10,
     ),
-    "similarity_maps": began_eval.save_similarity_maps(path("similarity_maps.png"), x, recon),
+    "similarity_maps": began_report.save_similarity_maps(path("similarity_maps.png"), x, recon),
   }
-  lines = began_eval.read_metrics(config.workdir)
-  paths["m_global"] = began_eval.plot_convergence(lines, path("m_global.png"))
-  paths.update(report.write_table([began_eval.distance_table(lines)], config.workdir, "distances"))
+  lines = metrics.read_lines(config.workdir)
+  paths["m_global"] = began_report.plot_convergence(lines, path("m_global.png"))
+  paths.update(
+    metrics.write_table([began_report.distance_table(lines)], config.workdir, "distances")
+  )
   return paths
 
 

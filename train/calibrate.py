@@ -32,7 +32,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from eval import twoafc as twoafc_eval
 from perceptual import deep, pretrained, twoafc, watson
 from train import config as config_lib
 from train import loop, twoafc_data
@@ -199,8 +198,8 @@ def create(config: Config, steps_per_epoch: int):
 def held_out_scores(metric: Fittable, params, consts, dataset) -> dict[str, float]:
   """2AFC score per category on the held-out split with the deployed (eval-mode) metric."""
   fn = functools.partial(lambda x, y, p, c: metric.distance(x, y, p, c), p=params, c=consts)
-  d0, d1 = twoafc_eval.distances(fn, dataset.test)
-  return twoafc_eval.category_scores(d0, d1, dataset.test, dataset.categories)
+  d0, d1 = twoafc_data.distances(fn, dataset.test)
+  return twoafc_data.category_scores(d0, d1, dataset.test, dataset.categories)
 
 
 def train(config: Config) -> FitState:

@@ -102,7 +102,8 @@ def fashion_mnist_debian(
 
 
 @functools.cache
-def _photo(name: str) -> np.ndarray:
+def photo(name: str) -> np.ndarray:
+  """A scikit-image photograph by name (`"motorcycle"`: the left image of `stereo_motorcycle`)."""
   import skimage.data  # Deferred: only this dataset needs scikit-image.
 
   return (
@@ -127,7 +128,7 @@ class PatchSource:
 
 
 def _patches(names: tuple[str, ...], size: int, count: int, seed: int) -> tuple[PatchSource, Any]:
-  photos = tuple(_photo(n) for n in names)
+  photos = tuple(photo(n) for n in names)
   positions = np.array([(p.shape[0] - size + 1) * (p.shape[1] - size + 1) for p in photos])
   if size < 1 or positions.min() < 1:
     raise ValueError(
@@ -135,10 +136,10 @@ def _patches(names: tuple[str, ...], size: int, count: int, seed: int) -> tuple[
     )
   rng = np.random.default_rng(seed)
   # Photos drawn in proportion to their crop positions: every position is equally likely.
-  photo = rng.choice(len(photos), size=count, p=positions / positions.sum())
-  heights, widths = (np.array([p.shape[i] - size + 1 for p in photos])[photo] for i in (0, 1))
-  offsets = np.stack([photo, rng.integers(0, heights), rng.integers(0, widths)], axis=1)
-  return PatchSource(photos, offsets, size), photo.astype(np.int32)
+  which = rng.choice(len(photos), size=count, p=positions / positions.sum())
+  heights, widths = (np.array([p.shape[i] - size + 1 for p in photos])[which] for i in (0, 1))
+  offsets = np.stack([which, rng.integers(0, heights), rng.integers(0, widths)], axis=1)
+  return PatchSource(photos, offsets, size), which.astype(np.int32)
 
 
 def skimage_patches(

@@ -31,11 +31,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from eval import deepsim as deepsim_eval
 from models import deepsim as models
 from perceptual import deep, pretrained
 from train import config as config_lib
-from train import data, loop
+from train import data, deepsim_report, loop
 
 TERMS = ("feat", "adv", "img")
 
@@ -43,7 +42,7 @@ TERMS = ("feat", "adv", "img")
 @dataclasses.dataclass(frozen=True)
 class Config:
   task: str = config_lib.choice("inversion", ("inversion", "vae"), "inversion | vae")
-  input_layer: str = config_lib.choice("conv5", deepsim_eval.INPUT_LAYERS, "features inverted")
+  input_layer: str = config_lib.choice("conv5", models.INPUT_LAYERS, "features inverted")
   comparator_layer: str = config_lib.choice("conv5", deep.ALEX_LAYERS, "AlexNet layer of L_feat")
   random_comparator: bool = config_lib.documented(False, "random AlexNet comparator (ablation)")
   feat: bool = config_lib.documented(True, "use L_feat (--nofeat drops it)")
@@ -127,12 +126,12 @@ def make_steps(networks, txs, config: Config):
   def condition(x, consts):
     if vae or not config.condition_discriminator:
       return None
-    return deepsim_eval.input_features(consts["alexnet"], x, layer=config.input_layer)
+    return models.input_features(consts["alexnet"], x, layer=config.input_layer)
 
   def reconstruct(g_params, x, consts, key):
     """Reconstruction `[B, H, W, C]` and per-image KL (zeros for inversion)."""
     if not vae:
-      code = deepsim_eval.input_features(consts["alexnet"], x, layer=config.input_layer)
+      code = models.input_features(consts["alexnet"], x, layer=config.input_layer)
       return gen.apply(g_params["generator"], code), jnp.zeros(x.shape[0])
     mu, log_sigma = enc.apply(g_params["encoder"], x)
     z = mu if key is None else models.sample(key, mu, log_sigma)
@@ -228,7 +227,7 @@ def create(
   txs = tuple(optax.adam(config.learning_rate, config.beta1, config.beta2) for _ in range(2))
   k_gen, k_disc, k_enc = jax.random.split(jax.random.key(config.seed), 3)
   x = jnp.zeros((1, config.image_size, config.image_size, config.channels))
-  code_shape = deepsim_eval.input_shape(config.input_layer, config.image_size)
+  code_shape = models.input_shape(config.input_layer, config.image_size)
   if config.task == "vae":
     code_shape = (config.latent,)
   g_params = {"generator": jax.jit(gen.init)(k_gen, jnp.zeros((1, *code_shape)))}
@@ -261,7 +260,7 @@ def train(config: Config) -> DeepsimState:
   train_step, eval_step = make_steps(networks, txs, config)
 
   def on_epoch_end(state, epoch):
-    deepsim_eval.report(networks, state, consts, dataset.test, config)
+    deepsim_report.report(networks, state, consts, dataset.test, config)
 
   state = loop.fit(
     state,

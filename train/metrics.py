@@ -6,6 +6,7 @@ reading them to the host overlaps with the device's work (the JAX training cookb
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -77,3 +78,63 @@ def write_final(workdir: str, record: dict[str, Any]) -> None:
 def _to_python(value: Any) -> Any:
   value = np.asarray(value)
   return value.item() if value.ndim == 0 else value.tolist()
+
+
+def read_lines(workdir: str) -> list[dict[str, Any]]:
+  """The lines of `workdir/metrics.jsonl`, in order."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _plain(value: Any) -> Any:
+  """numpy scalars and arrays to JSON-serialisable Python values."""
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  if isinstance(value, np.generic):
+    return value.item()
+  return value
+
+
+def _cell(value: Any, float_format: str) -> str:
+  value = _plain(value)
+  if isinstance(value, float):
+    return format(value, float_format)
+  return str(value)
+
+
+def write_table(
+  rows: Sequence[Mapping[str, Any]],
+  out_dir: str,
+  name: str,
+  *,
+  title: str = "",
+  float_format: str = ".4f",
+) -> dict[str, str]:
+  """Writes `rows` as `<out_dir>/<name>.json` and a Markdown table `<out_dir>/<name>.md`.
+
+  Args:
+    rows: one mapping per row; the columns are the keys, in order of first appearance.
+    out_dir: folder (created if missing).
+    name: file stem.
+    title: heading of the Markdown file and `"title"` of the JSON.
+    float_format: format of floats in the Markdown (the JSON keeps full precision).
+
+  Returns:
+    `{"json": path, "md": path}`.
+  """
+  if not rows:
+    raise ValueError(f"write_table({name!r}) got no rows; pass at least one result.")
+  columns = list(dict.fromkeys(key for row in rows for key in row))
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {"json": os.path.join(out_dir, f"{name}.json"), "md": os.path.join(out_dir, f"{name}.md")}
+  plain_rows = [{key: _plain(value) for key, value in row.items()} for row in rows]
+  with open(paths["json"], "w") as f:
+    json.dump({"title": title, "columns": columns, "rows": plain_rows}, f, indent=2)
+  lines = [f"# {title}", ""] if title else []
+  lines.append("| " + " | ".join(columns) + " |")
+  lines.append("|" + "---|" * len(columns))
+  for row in rows:
+    lines.append("| " + " | ".join(_cell(row.get(c, ""), float_format) for c in columns) + " |")
+  with open(paths["md"], "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return paths

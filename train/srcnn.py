@@ -4,7 +4,7 @@
     python -m train.srcnn --loss=mse --arch=srcnn915 --epochs=3
 
 Data: the luma (ITU-R 601-2 Y) of scikit-image's astronaut, coffee, rocket and motorcycle photos,
-each `modcrop`ped and bicubic-degraded x4 as a whole (`eval.superres`), both stored as 8-bit;
+each `modcrop`ped and bicubic-degraded x4 as a whole (`train.superres`), both stored as 8-bit;
 training pairs are random aligned 33x33 crops (Dong et al.); validation crops and the final test
 come from chelsea, never trained on. Adam (our choice: Dong et al.'s SGD needs ~1e8 updates).
 The workdir gets config.json, metrics.jsonl (last line: `final_*` PSNR / SSIM of bicubic and
@@ -28,10 +28,9 @@ import numpy as np
 import optax
 
 import perceptual
-from eval import superres
 from models import srcnn as srcnn_models
 from perceptual import structural
-from train import checkpoints, data, datasets, images, loop, metrics
+from train import checkpoints, data, datasets, images, loop, metrics, superres
 from train import config as config_lib
 
 TRAIN_PHOTOS = ("astronaut", "coffee", "rocket", "motorcycle")
@@ -79,7 +78,7 @@ def make_loss(name: str) -> perceptual.Loss:
 def photo_pair(name: str, *, scale: int) -> np.ndarray:
   """uint8 `[H, W, 2]`: the bicubic-degraded Y and the true Y of a scikit-image photo (modcropped
   to a multiple of `scale`; the Y is rounded to 8 bits before degrading, as from a stored image)."""
-  photo = datasets._photo(name)  # noqa: SLF001 - the data layer's cached scikit-image photos
+  photo = datasets.photo(name)
   photo = photo[..., None] if photo.ndim == 2 else photo  # grey photos (camera, coins)
   y = data.preprocess(photo[None], image_size=None, channels=1)
   y = superres.modcrop(np.round(y * 255) / 255, scale=scale)

@@ -28,11 +28,14 @@ import functools
 import io
 import os
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
+import jax
 import numpy as np
 from PIL import Image, ImageFilter
 
+from perceptual import twoafc
 from train import data, datasets
 
 BAPPS_CATEGORIES = {
@@ -324,3 +327,23 @@ class _Concat:
       k = int(np.searchsorted(ends, i, side="right"))
       out.append(self.parts[k][i - (ends[k - 1] if k else 0)])
     return out
+
+
+def distances(
+  fn: Callable[[jax.Array, jax.Array], jax.Array], split: Split, *, batch_size: int = 50
+) -> tuple[np.ndarray, np.ndarray]:
+  """`(d0, d1)`, `[N]` each: `fn(ref, p0)` and `fn(ref, p1)` over a split, in stored order."""
+  jitted = jax.jit(fn)
+  d0, d1 = [], []
+  for batch, mask in data.eval_batches(split, batch_size=batch_size):
+    d0.append(np.asarray(jitted(batch["image"], batch["p0"]))[mask])
+    d1.append(np.asarray(jitted(batch["image"], batch["p1"]))[mask])
+  return np.concatenate(d0), np.concatenate(d1)
+
+
+def category_scores(
+  d0: np.ndarray, d1: np.ndarray, split: Split, categories: tuple[str, ...]
+) -> dict[str, float]:
+  """2AFC score per category and their mean for the distances of one metric on a split."""
+  per_record = np.asarray(twoafc.score(d0, d1, split.judge))
+  return twoafc.score_by_category(per_record, split.category, names=categories)

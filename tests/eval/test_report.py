@@ -9,12 +9,13 @@ import pytest
 from PIL import Image
 
 from eval import report
+from train import metrics
 
 
 def test_write_table():
   with tempfile.TemporaryDirectory() as tmp:
     rows = [{"model": "ssim", "error": np.float32(0.25)}, {"model": "mse", "error": 0.5, "n": 3}]
-    paths = report.write_table(rows, os.path.join(tmp, "out"), "probes", title="Probes")
+    paths = metrics.write_table(rows, os.path.join(tmp, "out"), "probes", title="Probes")
     with open(paths["json"]) as f:
       data = json.load(f)
     assert data["columns"] == ["model", "error", "n"]
@@ -44,4 +45,4 @@ def test_reports_write_figures():
 
 def test_empty_table():
   with pytest.raises(ValueError, match="no rows"):
-    report.write_table([], "/tmp", "x")
+    metrics.write_table([], "/tmp", "x")

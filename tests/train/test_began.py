@@ -16,6 +16,7 @@ from eval import began as began_eval
 from models import began as began_models
 from perceptual import gradient
 from train import began as began_train
+from train import began_report, metrics
 
 TINY = dict(image_size=16, num_filters=4, hidden_size=8, batch_size=8, eval_batch_size=256)
 FAST = dict(progress=False, log_every=1, eval_examples=64)
@@ -32,7 +33,7 @@ def test_two_steps_then_resume():
     config = began_train.Config(workdir=workdir, max_steps=2, **_betas(AVAILABLE), **TINY, **FAST)
     began_train.train(config)
     began_train.train(began_train.Config(**{**config.__dict__, "max_steps": 4}))
-    lines = began_eval.read_metrics(workdir)
+    lines = metrics.read_lines(workdir)
     train_lines = [line for line in lines if "m_global" in line]
     assert [line["step"] for line in train_lines] == [1, 2, 3, 4]
     for line in train_lines:
@@ -144,10 +145,10 @@ def test_presets_and_overrides():
 def test_chroma_map_mean_is_chroma_similarity():
   rng = np.random.default_rng(2)
   x, y = (rng.uniform(size=(2, 8, 8, 3)).astype(np.float32) for _ in range(2))
-  m = jax.jit(began_eval.chroma_similarity_map)(x, y)
+  m = jax.jit(perceptual.chroma_similarity_map)(x, y)
   assert m.shape == (2, 8, 8, 1)
   np.testing.assert_allclose(m.mean(axis=(1, 2, 3)), gradient.chroma_similarity(x, y), rtol=1e-5)
-  maps = began_eval.similarity_maps(x, x)
+  maps = began_report.similarity_maps(x, x)
   np.testing.assert_allclose(maps["gms"], 1.0, atol=1e-6)
   np.testing.assert_allclose(maps["chroma"], 1.0, atol=1e-6)
 
@@ -158,7 +159,7 @@ def test_distance_table_and_report():
     {"step": 2, "real_l1": 3.0, "fake_l1": 0.5, "k": 0.1, "m_global": 1.0},
     {"step": 2, "test_loss": 9.0},
   ]
-  row = began_eval.distance_table(lines)
+  row = began_report.distance_table(lines)
   assert row == {"real_l1_mean": 2.0, "real_l1_std": 1.0, "fake_l1_mean": 0.5, "fake_l1_std": 0.0}
   with tempfile.TemporaryDirectory() as root:
     run = os.path.join(root, "run")

@@ -8,8 +8,8 @@ import jax
 import numpy as np
 import pytest
 
-from eval import superres
 from train import srcnn as sr_train
+from train import superres
 
 FAST = dict(arch="tiny", num_train=64, num_test=16, batch_size=16, progress=False, log_every=1)
 

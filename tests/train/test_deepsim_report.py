@@ -1,10 +1,12 @@
-"""eval.deepsim: the normalised inversion error on hand-checked cases, codes and shapes."""
+"""train.deepsim_report and the generator inputs of models.deepsim: the normalised inversion
+error on hand-checked cases, codes and shapes."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eval import deepsim
+from models import deepsim as models
+from train import deepsim_report as deepsim
 
 
 def test_normalised_error_two_points():
@@ -40,12 +42,12 @@ def test_interpolate_endpoints():
 
 @pytest.mark.parametrize("layer,shape", [("conv5", (3, 3, 256)), ("pool5", (1, 1, 256))])
 def test_input_shape_at_64(layer, shape):
-  assert deepsim.input_shape(layer, 64) == shape
+  assert models.input_shape(layer, 64) == shape
 
 
 def test_input_shape_rejects_empty_pool5():
   with pytest.raises(ValueError, match="pool5"):
-    deepsim.input_shape("pool5", 32)
+    models.input_shape("pool5", 32)
 
 
 def test_reencode_chain():

@@ -1,4 +1,5 @@
-"""Evaluation of DeePSiM generators: normalised inversion errors, re-encoding, interpolation, grids.
+"""What a DeePSiM run writes about its generator: normalised inversion errors, re-encoding,
+interpolation, grids.
 
 The normalised error of Dosovitskiy & Brox (2016a, Table 2) divides the mean distance between an
 input and its reconstruction by the mean distance between distinct test inputs, so 1 means "as
@@ -21,46 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from models import deepsim as models
 from perceptual import deep
 from train import images
 
-# AlexNet layers whose features can be inverted; pool5 = conv5 max-pooled (3x3, stride 2), a
-# 1x1x256 "fc-like" vector at 64x64.
-INPUT_LAYERS = (*deep.ALEX_LAYERS, "pool5")
 CHUNK = 16  # batch of every jitted evaluation call (padded), so each compiles once
-
-
-def input_features(params: dict, x: jax.Array, *, layer: str) -> jax.Array:
-  """Features of the fixed AlexNet that the inversion generator reads (no gradient).
-
-  Args:
-    params: AlexNet weights `{conv: {"kernel", "bias"}}`.
-    x: images `[B, H, W, C]` in [0, 1].
-    layer: one of `INPUT_LAYERS`.
-
-  Returns:
-    `[B, h, w, c]` features.
-  """
-  if layer not in INPUT_LAYERS:
-    raise ValueError(f"input layer must be one of {INPUT_LAYERS}, got {layer!r}.")
-  conv = "conv5" if layer == "pool5" else layer
-  f = deep.alexnet_features(params, x, layers=(conv,))[conv]
-  if layer == "pool5":
-    f = jax.lax.reduce_window(f, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
-  return jax.lax.stop_gradient(f)
-
-
-def input_shape(layer: str, image_size: int, channels: int = 3) -> tuple[int, ...]:
-  """Shape `(h, w, c)` of `input_features` for one `image_size` image (no computation)."""
-  params = jax.eval_shape(deep.alexnet_random_params, jax.random.key(0))
-  x = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
-  shape = jax.eval_shape(lambda p, v: input_features(p, v, layer=layer), params, x).shape[1:]
-  if 0 in shape:
-    raise ValueError(
-      f"{layer} of a {image_size}x{image_size} image is empty {shape}; use images of at least "
-      "63 pixels for pool5, or a shallower --input_layer."
-    )
-  return shape
 
 
 def normalised_error(a: np.ndarray, b: np.ndarray) -> float:
@@ -106,7 +72,9 @@ def codecs(networks, state, consts, config) -> tuple[Callable, Callable, Callabl
       return f[config.comparator_layer]
 
   else:
-    encode = jax.jit(lambda x: input_features(consts["alexnet"], x, layer=config.input_layer))
+    encode = jax.jit(
+      lambda x: models.input_features(consts["alexnet"], x, layer=config.input_layer)
+    )
     features = encode
   return encode, jax.jit(lambda z: gen.apply(g_params["generator"], z)), jax.jit(features)
 

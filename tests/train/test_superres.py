@@ -1,4 +1,4 @@
-"""Tests for eval.superres: bicubic degradation and aligned SR training crops."""
+"""Tests for train.superres: bicubic degradation and aligned SR training crops."""
 
 import functools
 
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eval import superres
+from train import superres
 
 
 def _coordinate_images(batch, height, width):
