@@ -15,7 +15,7 @@ from perceptual.deep import (
   vgg16_features,
 )
 from perceptual.gradient import chroma_similarity, chroma_similarity_map, gms_map, gmsd, gmsm
-from perceptual.losses import LOSSES, Loss, multi_distance
+from perceptual.losses import LOSSES, Fit, Loss, multi_distance
 from perceptual.pixel import mae, mse, psnr
 from perceptual.pretrained import lpips_params
 from perceptual.structural import EQUAL_WEIGHTS, WANG_WEIGHTS, ms_ssim, ssim, ssim_map

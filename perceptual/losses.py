@@ -11,12 +11,19 @@ how the test set is batched or padded.
 Losses with parameters (Watson's fitted tables, deep-network weights) load them with
 `loss.params(channels)`. Trainers call that once, outside `jax.jit`, and pass the result in
 (`loss(x, y, params=p, key=k)`), so large weights are arguments of the compiled step rather than
-constants baked into it, and fitted parameters can be swapped in without recompiling.
+constants baked into it, and fitted parameters can be swapped in without recompiling. Called
+eagerly without `params`, a loss loads its defaults; traced (under `jit`, `grad`, `vmap`) it
+refuses to, rather than bake megabytes of weights into the program unasked.
+
+Each entry states once its name, the channel counts it takes, the parameters it loads and, with
+`fit`, how `train.calibrate` fits them to 2AFC judgements. `LOSSES` is read-only; combine entries
+with `multi_distance`.
 """
 
 import dataclasses
 import functools
 import math
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -28,7 +35,31 @@ from perceptual import deep, gradient, pixel, pretrained, structural, watson
 LossFn = Callable[..., jax.Array]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Fit:
+  """How `train.calibrate` fits a loss's parameters to 2AFC judgements.
+
+  Attributes:
+    distance: `(x, y, params, consts, *, key=None, rate=0.0) -> [B]`; a key turns on the fitting
+      mode (dropout at `rate`, Watson's batch-mean luminance as the authors fit it), without one
+      it is the evaluation form (`Loss.per_image`): each value a function of its own pair only.
+    initial: `(init, channels) -> params`, the fitted pytree's starting values.
+    inits: the names `initial` accepts.
+    consts: `channels -> pytree` of fixed inputs (a pretrained trunk), or None.
+    project: applied to the params after every update (constraints such as w >= 0).
+    saved: params -> the pytree written to fitted_params.json, in the layout `Loss.params`
+      uses (so a trainer's `--loss_params` loads it).
+  """
+
+  distance: Callable[..., jax.Array]
+  initial: Callable[[str, int], Any]
+  inits: tuple[str, ...]
+  consts: Callable[[int], Any] = lambda channels: None
+  project: Callable[[Any], Any] = lambda params: params
+  saved: Callable[[Any], Any] = lambda params: params
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Loss:
   """A registry entry.
 
@@ -41,6 +72,7 @@ class Loss:
     uses_key: whether the loss uses a PRNG key while training (Watson's random grid shift).
     image_fn: `fn` with every batch statistic taken per image (see `per_image`), or None where
       `fn` already scores each image pair on its own.
+    fit: how its parameters are fitted to 2AFC judgements, or None.
   """
 
   name: str
@@ -49,6 +81,7 @@ class Loss:
   channels: tuple[int, ...] = (1, 3)
   uses_key: bool = False
   image_fn: LossFn | None = None
+  fit: Fit | None = None
 
   def params(self, channels: int) -> Any:
     """Default parameters for images with `channels` channels (None if parameter-free)."""
@@ -61,9 +94,7 @@ class Loss:
   def __call__(
     self, x: jax.Array, y: jax.Array, *, params: Any = None, key: jax.Array | None = None
   ) -> jax.Array:
-    if params is None and self.load_params is not None:
-      params = self.params(jnp.shape(x)[-1])
-    return self.fn(x, y, params=params, key=key)
+    return self.fn(x, y, params=self._default_params(params, x, y), key=key)
 
   def per_image(self, x: jax.Array, y: jax.Array, *, params: Any = None) -> jax.Array:
     """The evaluation form, `[B]`: each value a function of its own image pair only.
@@ -73,9 +104,19 @@ class Loss:
     key (no random grid shift). Trainers score their test splits with it, so every logged test
     metric is the same whatever the eval batch size and padding.
     """
-    if params is None and self.load_params is not None:
-      params = self.params(jnp.shape(x)[-1])
-    return (self.image_fn or self.fn)(x, y, params=params, key=None)
+    return (self.image_fn or self.fn)(x, y, params=self._default_params(params, x, y), key=None)
+
+  def _default_params(self, params: Any, x: jax.Array, y: jax.Array) -> Any:
+    if params is not None or self.load_params is None:
+      return params
+    if isinstance(x, jax.core.Tracer) or isinstance(y, jax.core.Tracer):
+      raise ValueError(
+        f"loss {self.name!r} was called without params inside a traced function (jit, grad, "
+        "vmap): its default parameters would be loaded and baked into the program as constants. "
+        f"Load them once outside: `params = LOSSES[{self.name!r}].params(channels)`, and pass "
+        "`params=params` in."
+      )
+    return self.params(jnp.shape(x)[-1])
 
 
 def _plain(metric: Callable[[jax.Array, jax.Array], jax.Array]) -> LossFn:
@@ -131,12 +172,12 @@ def multi_distance(weights: Mapping[str, float], *, name: str | None = None) -> 
   channels = tuple(set.intersection(*(set(loss.channels) for loss in parts.values())))
   label = name or "+".join(f"{beta:g}*{n}" for n, beta in weights.items())
   return Loss(
-    label,
-    fn,
-    load_params,
-    tuple(sorted(channels)),
-    any(loss.uses_key for loss in parts.values()),
-    image_fn,
+    name=label,
+    fn=fn,
+    load_params=load_params,
+    channels=tuple(sorted(channels)),
+    uses_key=any(loss.uses_key for loss in parts.values()),
+    image_fn=image_fn,
   )
 
 
@@ -160,40 +201,83 @@ def _watson(kind: str) -> Loss:
   def fn(x, y, *, params, key, luminance="batch"):
     return metric(x, y, params=params, key=key, luminance=luminance)
 
+  def fit_distance(x, y, params, consts, *, key=None, rate=0.0):
+    del consts
+    if key is None:
+      return metric(x, y, params=params, luminance="image")
+    return metric(x, y, params=params, fitting=True, dropout_key=key, dropout_rate=rate)
+
   return Loss(
-    f"watson_{kind}",
-    fn,
-    lambda channels: watson.watson_params(kind, channels=channels),
+    name=f"watson_{kind}",
+    fn=fn,
+    load_params=lambda channels: watson.watson_params(kind, channels=channels),
     uses_key=True,  # shifts the 8x8 block grid while training, as Czolbe et al. do
     image_fn=functools.partial(fn, luminance="image"),
+    fit=Fit(
+      distance=fit_distance,
+      initial=lambda init, channels: watson.watson_params(kind, channels=channels, weights=init),
+      inits=watson.WEIGHTS,
+    ),
   )
 
 
-LOSSES: dict[str, Loss] = {
-  "l1": Loss("l1", _plain(pixel.mae)),
-  "l2": Loss("l2", _plain(pixel.mse)),
-  "ssim": Loss("ssim", _one_minus(structural.ssim)),
-  "ms_ssim": Loss("ms_ssim", _one_minus(_ms_ssim_fitted)),
-  "gmsm": Loss("gmsm", _one_minus(gradient.gmsm)),
-  "gmsd": Loss("gmsd", _plain(gradient.gmsd)),
-  "chroma": Loss("chroma", _one_minus(gradient.chroma_similarity), channels=(3,)),
-  "watson_dct": _watson("dct"),
-  "watson_dft": _watson("dft"),
+def _lpips(net: str) -> Loss:
+  """LPIPS: a pretrained trunk and fitted non-negative per-channel heads (Zhang et al.)."""
+
+  def fit_distance(x, y, heads, backbone, *, key=None, rate=0.0):
+    params = {"backbone": backbone, "heads": heads}
+    rate = rate if key is not None else 0.0
+    return deep.lpips(x, y, net=net, params=params, dropout_key=key, dropout_rate=rate)
+
+  def initial(init, channels):
+    del channels  # grey images are repeated to RGB
+    heads = pretrained.lpips_params(net=net)["heads"]
+    return heads if init == "pretrained" else jax.tree.map(jnp.ones_like, heads)
+
+  return Loss(
+    name=f"lpips_{net}",
+    fn=lambda x, y, *, params, key: deep.lpips(x, y, net=net, params=params),
+    load_params=lambda channels: pretrained.lpips_params(net=net),
+    fit=Fit(
+      distance=fit_distance,
+      initial=initial,
+      inits=("init", "pretrained"),
+      consts=lambda channels: pretrained.lpips_params(net=net)["backbone"],
+      project=lambda heads: jax.tree.map(lambda w: jnp.maximum(w, 0.0), heads),
+      saved=lambda heads: {"heads": heads},
+    ),
+  )
+
+
+def _ms_ssim_snell(x: jax.Array, y: jax.Array) -> jax.Array:
+  """MS-SSIM as Snell et al. train SRCNN on 33 px crops: 3 scales (33 -> 17 -> 9 px), 7-tap
+  Gaussian windows (sigma 1.5) with "VALID" filtering (needs 25 px), equal exponents 1/3."""
+  return structural.ms_ssim(x, y, filter_size=7, filter_sigma=1.5, weights=(1 / 3,) * 3)
+
+
+def _registry(*losses: Loss) -> Mapping[str, Loss]:
+  """Read-only name -> entry, each name taken from its entry."""
+  return types.MappingProxyType({loss.name: loss for loss in losses})
+
+
+LOSSES: Mapping[str, Loss] = _registry(
+  Loss(name="l1", fn=_plain(pixel.mae)),
+  Loss(name="l2", fn=_plain(pixel.mse)),
+  Loss(name="ssim", fn=_one_minus(structural.ssim)),
+  Loss(name="ms_ssim", fn=_one_minus(_ms_ssim_fitted)),
+  Loss(name="ms_ssim_snell", fn=_one_minus(_ms_ssim_snell)),
+  Loss(name="gmsm", fn=_one_minus(gradient.gmsm)),
+  Loss(name="gmsd", fn=_plain(gradient.gmsd)),
+  Loss(name="chroma", fn=_one_minus(gradient.chroma_similarity), channels=(3,)),
+  _watson("dct"),
+  _watson("dft"),
   # Deep-feature losses: the network weights are params, loaded once and passed in. Grey images
   # are repeated to RGB.
-  "lpips_alex": Loss(
-    "lpips_alex",
-    lambda x, y, *, params, key: deep.lpips(x, y, net="alex", params=params),
-    lambda channels: pretrained.lpips_params(net="alex"),
+  _lpips("alex"),
+  _lpips("vgg"),
+  Loss(
+    name="deepsim",
+    fn=lambda x, y, *, params, key: deep.deepsim_feature_loss(x, y, layer="conv5", params=params),
+    load_params=lambda channels: pretrained.lpips_params(net="alex"),
   ),
-  "lpips_vgg": Loss(
-    "lpips_vgg",
-    lambda x, y, *, params, key: deep.lpips(x, y, net="vgg", params=params),
-    lambda channels: pretrained.lpips_params(net="vgg"),
-  ),
-  "deepsim": Loss(
-    "deepsim",
-    lambda x, y, *, params, key: deep.deepsim_feature_loss(x, y, layer="conv5", params=params),
-    lambda channels: pretrained.lpips_params(net="alex"),
-  ),
-}
+)

@@ -25,85 +25,19 @@ import dataclasses
 import functools
 import json
 import os
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from perceptual import deep, pretrained, twoafc, watson
+import perceptual
+from perceptual import twoafc
 from train import config as config_lib
 from train import loop, twoafc_data
 
-
-class Fittable(NamedTuple):
-  """A metric whose parameters `train.calibrate` can fit.
-
-  Attributes:
-    distance: `(x, y, params, consts, *, key=None, rate=0.0) -> [B]`; a key turns on the fitting
-      mode (dropout at `rate`, Watson's batch-mean luminance as the authors fit it), without one
-      it is the evaluation form (`perceptual.Loss.per_image`): each value a function of its own
-      pair only, so held-out scores do not depend on how the split is batched.
-    initial: `(init, channels) -> params`, the fitted pytree's starting values.
-    consts: `channels -> pytree` of fixed inputs (a pretrained trunk), or None.
-    inits: the names `initial` accepts.
-    project: applied to the params after every update (constraints such as w >= 0).
-    saved: params -> the pytree written to fitted_params.json, in the layout
-      `perceptual.LOSSES[name].params` uses (so `--loss_params` loads it).
-  """
-
-  distance: Callable[..., jax.Array]
-  initial: Callable[[str, int], Any]
-  consts: Callable[[int], Any]
-  inits: tuple[str, ...]
-  project: Callable[[Any], Any] = lambda params: params
-  saved: Callable[[Any], Any] = lambda params: params
-
-
-def _watson(kind: str) -> Fittable:
-  fn = watson.watson_dct if kind == "dct" else watson.watson_dft
-
-  def distance(x, y, params, consts, *, key=None, rate=0.0):
-    del consts
-    if key is None:
-      return fn(x, y, params=params, luminance="image")
-    return fn(x, y, params=params, fitting=True, dropout_key=key, dropout_rate=rate)
-
-  return Fittable(
-    distance,
-    lambda init, channels: watson.watson_params(kind, channels=channels, weights=init),
-    lambda channels: None,
-    watson.WEIGHTS,
-  )
-
-
-def _lpips(net: str) -> Fittable:
-  def distance(x, y, heads, backbone, *, key=None, rate=0.0):
-    params = {"backbone": backbone, "heads": heads}
-    rate = rate if key is not None else 0.0
-    return deep.lpips(x, y, net=net, params=params, dropout_key=key, dropout_rate=rate)
-
-  def initial(init, channels):
-    del channels  # grey images are repeated to RGB
-    heads = pretrained.lpips_params(net=net)["heads"]
-    return heads if init == "pretrained" else jax.tree.map(jnp.ones_like, heads)
-
-  return Fittable(
-    distance,
-    initial,
-    lambda channels: pretrained.lpips_params(net=net)["backbone"],
-    ("init", "pretrained"),
-    project=lambda heads: jax.tree.map(lambda w: jnp.maximum(w, 0.0), heads),
-    saved=lambda heads: {"heads": heads},
-  )
-
-
-METRICS: dict[str, Fittable] = {
-  "watson_dct": _watson("dct"),
-  "watson_dft": _watson("dft"),
-  "lpips_alex": _lpips("alex"),
-  "lpips_vgg": _lpips("vgg"),
+METRICS: dict[str, perceptual.Fit] = {
+  name: loss.fit for name, loss in perceptual.LOSSES.items() if loss.fit is not None
 }
 INITS = tuple(dict.fromkeys(i for m in METRICS.values() for i in m.inits))
 
@@ -139,7 +73,7 @@ class FitState(NamedTuple):
   opt_state: Any
 
 
-def make_steps(metric: Fittable, tx: optax.GradientTransformation, rate: float):
+def make_steps(metric: perceptual.Fit, tx: optax.GradientTransformation, rate: float):
   """Pure train / eval steps over 2AFC batches; consts = the metric's fixed inputs."""
   distance = metric.distance
 
@@ -195,7 +129,7 @@ def create(config: Config, steps_per_epoch: int):
   return metric, tx, FitState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
 
-def held_out_scores(metric: Fittable, params, consts, dataset) -> dict[str, float]:
+def held_out_scores(metric: perceptual.Fit, params, consts, dataset) -> dict[str, float]:
   """2AFC score per category on the held-out split with the deployed (eval-mode) metric."""
   fn = functools.partial(lambda x, y, p, c: metric.distance(x, y, p, c), p=params, c=consts)
   d0, d1 = twoafc_data.distances(fn, dataset.test)

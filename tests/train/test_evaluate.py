@@ -53,10 +53,12 @@ def test_per_image_is_the_value_of_a_batch_of_one(name):
   x = jnp.asarray(rng.uniform(size=(3, 16, 16, 3)) * np.array([0.2, 0.6, 1.0])[:, None, None, None])
   y = jnp.clip(x + 0.05 * jnp.asarray(rng.normal(size=x.shape)), 0, 1)
   for loss in (perceptual.LOSSES[name], perceptual.multi_distance({"l1": 1.0, name: 2.0})):
-    per_image = jax.jit(loss.per_image)(x, y)
-    alone = jnp.concatenate([jax.jit(loss)(x[i : i + 1], y[i : i + 1]) for i in range(3)])
+    p = loss.params(3)
+    batch = jax.jit(lambda x, y, loss=loss, p=p: loss(x, y, params=p))
+    per_image = jax.jit(lambda x, y, loss=loss, p=p: loss.per_image(x, y, params=p))(x, y)
+    alone = jnp.concatenate([batch(x[i : i + 1], y[i : i + 1]) for i in range(3)])
     np.testing.assert_allclose(per_image, alone, rtol=1e-6)
-    assert not np.allclose(jax.jit(loss)(x, y), alone, rtol=1e-4)  # the batch form pools
+    assert not np.allclose(batch(x, y), alone, rtol=1e-4)  # the batch form pools
 
 
 def test_vae_scores_every_metric_the_same_at_any_eval_batch_size():

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+import perceptual
 from train import srcnn as sr_train
 from train import superres
 
@@ -46,6 +47,7 @@ def test_pairs_are_aligned_degradations():
 
 def test_loss_names():
   assert sr_train.make_loss("mse") is sr_train.make_loss("l2")
+  assert sr_train.make_loss("ms_ssim") is perceptual.LOSSES["ms_ssim_snell"]
   loss = jax.jit(sr_train.make_loss("ms_ssim"))
   x = jax.random.uniform(jax.random.key(0), (2, 33, 33, 1))
   np.testing.assert_allclose(loss(x, x), 0.0, atol=1e-6)
