@@ -39,7 +39,7 @@ PIXEL_LOSSES = ("l1", "l2")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(config_lib.Loop):
   loss: str = config_lib.choice("l2", perceptual.LOSSES, "training loss (and early-stop metric)")
   arch: str = config_lib.choice("conv256", ae.ARCHS, "autoencoder (models.autoencoder.ARCHS)")
   bottleneck: int | None = config_lib.documented(None, "code units; default by arch")
@@ -55,17 +55,9 @@ class Config:
   learning_rate: float | None = config_lib.documented(None, "default by loss, see PIXEL_LR")
   momentum: float = 0.9
   weight_decay: float = 5e-5
-  seed: int = 0
   workdir: str = config_lib.documented("", "default runs/ae_<arch>_<loss>")
   checkpoint_every: int = 1000
-  keep_checkpoints: int = 2
-  log_every: int = 20
-  max_steps: int | None = config_lib.documented(None, "stop early (tests, benchmarks)")
-  progress: bool = True
   test_metrics: bool = config_lib.documented(True, "score the test split with every metric")
-  coordinator_address: str = ""
-  num_processes: int = 1
-  process_id: int = 0
 
 
 def build_model(config: Config) -> ae.ConvAutoencoder | ae.DenseAutoencoder:
@@ -198,10 +190,7 @@ def save_reconstructions(model, state: TrainState, test: data.Split, path: str) 
 def train(config: Config) -> TrainState:
   """Runs (or resumes) one run, then scores its best checkpoint on the test split."""
   config = resolve(config)
-  sharding.initialize_distributed(
-    config.coordinator_address, config.num_processes, config.process_id
-  )
-  config_lib.save(config, config.workdir)
+  config_lib.start(config)
   dataset, test = load_data(config)
   model, tx, state = create(config)
   loss = perceptual.LOSSES[config.loss]

@@ -36,7 +36,7 @@ import optax
 
 import perceptual
 from models import began as began_models
-from train import began_report, data, images, loop, metrics, sharding
+from train import began_report, data, images, loop, metrics
 from train import config as config_lib
 
 PRESETS = {
@@ -54,7 +54,7 @@ DEFAULTS = dict(beta_l1=1.0, beta_gmsm=0.0, beta_chroma=0.0, gamma=0.5, image_si
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(config_lib.Loop):
   config: str = config_lib.choice("", ("", *PRESETS), "a preset; explicit flags override it")
   beta_l1: float | None = config_lib.documented(None, "weight of l1 (default 1)")
   beta_gmsm: float | None = config_lib.documented(None, "weight of 1 - GMSM (default 0)")
@@ -76,16 +76,8 @@ class Config:
   eval_examples: int | None = config_lib.documented(
     None, "score only the first N test images at each evaluation (quick runs); default all"
   )
-  seed: int = 0
   workdir: str = config_lib.documented("", "default runs/began_<config or weights>")
   checkpoint_every: int = 1000
-  keep_checkpoints: int = 2
-  log_every: int = 20
-  max_steps: int | None = config_lib.documented(None, "stop early (tests, benchmarks)")
-  progress: bool = True
-  coordinator_address: str = ""
-  num_processes: int = 1
-  process_id: int = 0
 
 
 def resolve(config: Config) -> Config:
@@ -287,10 +279,7 @@ def create(
 def train(config: Config) -> BeganState:
   """Runs (or resumes) one training run; returns the final state."""
   config = resolve(config)
-  sharding.initialize_distributed(
-    config.coordinator_address, config.num_processes, config.process_id
-  )
-  config_lib.save(config, config.workdir)
+  config_lib.start(config)
   dataset = data.load(
     config.dataset, image_size=config.image_size, channels=config.channels, seed=config.seed
   )

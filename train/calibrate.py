@@ -43,7 +43,7 @@ INITS = tuple(dict.fromkeys(i for m in METRICS.values() for i in m.inits))
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(config_lib.Loop):
   metric: str = config_lib.choice("watson_dft", METRICS, "metric whose parameters are fitted")
   init: str = config_lib.choice("init", INITS, "starting parameters (which apply: see METRICS)")
   data: str = config_lib.choice("synthetic", ("synthetic", "bapps"), "synthetic: made-up judges")
@@ -58,13 +58,7 @@ class Config:
   learning_rate: float = 2e-4
   beta1: float = 0.5
   dropout: float = 0.5
-  seed: int = 0
   workdir: str = config_lib.documented("", "default runs/calibrate_<metric>_<data>")
-  checkpoint_every: int = 500
-  keep_checkpoints: int = 2
-  log_every: int = 20
-  max_steps: int | None = config_lib.documented(None, "stop early (tests)")
-  progress: bool = True
 
 
 class FitState(NamedTuple):
@@ -141,7 +135,7 @@ def train(config: Config) -> FitState:
   if not config.workdir:
     workdir = os.path.join("runs", f"calibrate_{config.metric}_{config.data}")
     config = dataclasses.replace(config, workdir=workdir)
-  config_lib.save(config, config.workdir)
+  config_lib.start(config)
   dataset = twoafc_data.load(
     config.data, channels=config.channels, seed=config.seed, num_train=config.num_train,
     num_test=config.num_test, data_dir=config.data_dir or None,

@@ -24,7 +24,7 @@ import jax
 from absl import app, flags
 from absl import logging as absl_logging
 
-from train import xla_cpu
+from train import sharding, xla_cpu
 
 
 def choice(default: str, options: Iterable[str], help: str = "") -> Any:  # noqa: A002
@@ -106,6 +106,33 @@ def replace(config: Any, **overrides: Any) -> Any:
     if options is not None and value not in options:
       raise ValueError(f"--{name}={value!r} is not one of {list(options)}.")
   return dataclasses.replace(config, **overrides)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Loop:
+  """What every trainer's config holds besides its own choices: seed, run folder, cadence of logs
+  and checkpoints, and how the processes of a multi-host launch find each other. A trainer's
+  `Config(Loop)` adds its own fields (and may re-declare one of these with another default)."""
+
+  seed: int = 0
+  workdir: str = documented("", "run folder (default: runs/<trainer>_<its main options>)")
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 2
+  log_every: int = 20
+  max_steps: int | None = documented(None, "stop early (tests, benchmarks)")
+  progress: bool = True
+  coordinator_address: str = documented("", "host:port of process 0 (multi-host runs)")
+  num_processes: int = documented(1, "processes of a multi-host run")
+  process_id: int = documented(0, "this process's index in a multi-host run")
+
+
+def start(config: Loop) -> None:
+  """Every run's prologue: joins the multi-host launch, then writes (or, resuming, checks)
+  `config.json` in the run folder."""
+  sharding.initialize_distributed(
+    config.coordinator_address, config.num_processes, config.process_id
+  )
+  save(config, config.workdir)
 
 
 # Fields that may change between a run and its resumption: how long to train, how to show and

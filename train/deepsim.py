@@ -40,7 +40,7 @@ TERMS = ("feat", "adv", "img")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(config_lib.Loop):
   task: str = config_lib.choice("inversion", ("inversion", "vae"), "inversion | vae")
   input_layer: str = config_lib.choice("conv5", models.INPUT_LAYERS, "features inverted")
   comparator_layer: str = config_lib.choice("conv5", deep.ALEX_LAYERS, "AlexNet layer of L_feat")
@@ -73,13 +73,8 @@ class Config:
   eval_examples: int | None = config_lib.documented(
     None, "score only the first N test images at each evaluation (quick runs); default all"
   )
-  seed: int = 0
   workdir: str = config_lib.documented("", "default runs/deepsim_<task>")
-  checkpoint_every: int = 500
-  keep_checkpoints: int = 2
   log_every: int = 10
-  max_steps: int | None = config_lib.documented(None, "stop early (tests, benchmarks)")
-  progress: bool = True
 
 
 def resolve(config: Config) -> Config:
@@ -246,7 +241,7 @@ def create(
 def train(config: Config) -> DeepsimState:
   """Runs (or resumes) one training run; returns the final state."""
   config = resolve(config)
-  config_lib.save(config, config.workdir)
+  config_lib.start(config)
   sizes = {"num_train": config.num_train, "num_test": config.num_test}
   dataset = data.load(
     config.dataset,

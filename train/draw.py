@@ -27,7 +27,7 @@ import optax
 import perceptual
 from models import draw as draw_models
 from train import config as config_lib
-from train import data, images, loop, sharding
+from train import data, images, loop
 
 BCE = "bce"
 # C of `KL + C * Delta` per loss. Ridgeway et al. give C = 1 (BCE), 10 (squared error) and 500
@@ -48,7 +48,7 @@ def default_weight(loss: str, pixels: int) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(config_lib.Loop):
   loss: str = config_lib.choice(BCE, (BCE, *perceptual.LOSSES), "Delta; bce = the original DRAW")
   loss_weight: float | None = config_lib.documented(None, "C; default by loss (default_weight)")
   dataset: str = config_lib.documented("mnist_embedded", f"{sorted(data.DATASETS)} or tfds:<name>")
@@ -69,16 +69,7 @@ class Config:
   eval_examples: int | None = config_lib.documented(
     None, "score only the first N test images at each evaluation (quick runs); default all"
   )
-  seed: int = 0
   workdir: str = config_lib.documented("", "default runs/draw_<loss>")
-  checkpoint_every: int = 500
-  keep_checkpoints: int = 2
-  log_every: int = 20
-  max_steps: int | None = config_lib.documented(None, "stop early (tests, benchmarks)")
-  progress: bool = True
-  coordinator_address: str = ""
-  num_processes: int = 1
-  process_id: int = 0
 
 
 def resolve(config: Config) -> Config:
@@ -231,10 +222,7 @@ def save_pictures(
 def train(config: Config) -> TrainState:
   """Runs (or resumes) one training run; returns the final state."""
   config = resolve(config)
-  sharding.initialize_distributed(
-    config.coordinator_address, config.num_processes, config.process_id
-  )
-  config_lib.save(config, config.workdir)
+  config_lib.start(config)
   dataset = load_data(config)
   model, tx, state = create(config)
   consts = None if config.loss == BCE else perceptual.LOSSES[config.loss].params(config.channels)

@@ -39,7 +39,7 @@ ALIASES = {"mse": "l2", "mae": "l1", "ms_ssim": "ms_ssim_snell"}
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(config_lib.Loop):
   loss: str = config_lib.choice(
     "mse", {*perceptual.LOSSES, *ALIASES}, "mse | mae | ms_ssim | a registry name"
   )
@@ -55,13 +55,7 @@ class Config:
     None, "score only the first N test images at each evaluation (quick runs); default all"
   )
   learning_rate: float = 1e-3
-  seed: int = 0
   workdir: str = config_lib.documented("", "default runs/srcnn_<arch>_<loss>")
-  checkpoint_every: int = 500
-  keep_checkpoints: int = 2
-  log_every: int = 20
-  max_steps: int | None = config_lib.documented(None, "stop early (tests, benchmarks)")
-  progress: bool = True
 
 
 def make_loss(name: str) -> perceptual.Loss:
@@ -189,7 +183,7 @@ def train(config: Config) -> TrainState:
     config = dataclasses.replace(
       config, workdir=os.path.join("runs", f"srcnn_{config.arch}_{config.loss}")
     )
-  config_lib.save(config, config.workdir)
+  config_lib.start(config)
   model, tx, state = create(config)
   loss = make_loss(config.loss)
   train_step, eval_step = make_steps(model, tx, loss)

@@ -24,7 +24,7 @@ import optax
 import perceptual
 from models import vae as vae_models
 from perceptual import twoafc
-from train import checkpoints, data, images, loop, sharding
+from train import checkpoints, data, images, loop
 from train import config as config_lib
 
 # lambda = e^k per loss, from the authors' table (WATSON.md) where they give one; the others are
@@ -75,7 +75,7 @@ PRESETS = {  # arch -> defaults for the fields left unset (None / "")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(config_lib.Loop):
   loss: str = config_lib.choice("watson_dft", perceptual.LOSSES, "reconstruction loss")
   arch: str = config_lib.choice("mnist", vae_models.ARCHS, "mnist (z=2) | celeba (z=256) | tiny")
   dataset: str = config_lib.documented(
@@ -98,17 +98,8 @@ class Config:
     None, "Adam's; default by arch (mnist 1e-3 for the short run, the paper's 1e-4 for celeba)"
   )
   halve_every: int | None = config_lib.documented(None, "epochs between learning-rate halvings")
-  seed: int = 0
   workdir: str = config_lib.documented("", "default runs/vae_<arch>_<loss>")
-  checkpoint_every: int = 500
-  keep_checkpoints: int = 2
-  log_every: int = 20
-  max_steps: int | None = config_lib.documented(None, "stop early (tests, benchmarks)")
-  progress: bool = True
   test_metrics: bool = config_lib.documented(True, "score test reconstructions with every metric")
-  coordinator_address: str = ""
-  num_processes: int = 1
-  process_id: int = 0
 
 
 def resolve(config: Config) -> Config:
@@ -290,10 +281,7 @@ def load(workdir: str) -> tuple[Config, vae_models.VAE, TrainState]:
 def train(config: Config) -> TrainState:
   """Runs (or resumes) one training run; returns the final state."""
   config = resolve(config)
-  sharding.initialize_distributed(
-    config.coordinator_address, config.num_processes, config.process_id
-  )
-  config_lib.save(config, config.workdir)
+  config_lib.start(config)
   dataset = data.load(
     config.dataset, image_size=config.image_size, channels=config.channels, seed=config.seed
   )
