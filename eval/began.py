@@ -1,12 +1,5 @@
-"""The evaluation figures and tables of Vertolli & Davies (2017) for BEGAN runs.
-
-From a run's metrics.jsonl (`train.began` logs every distance of the discriminator's
-reconstructions of real and generated images at each logged step):
-- `distance_table`: mean and standard deviation of each distance over training (their Table 2);
-- `plot_convergence`: the convergence measure M_global and k_t over training.
-From images and their autoencoded versions D(x):
-- `save_similarity_maps`: gradient-magnitude similarity and chrominance similarity maps of
-  originals vs reconstructions (their Figs. 3-4), bright where the reconstruction agrees.
+"""Vertolli & Davies (2017) Table 2 across BEGAN runs, and each run's convergence plot (the
+per-run pieces are in `train.began_report`).
 
     python -m eval.began runs/began_a runs/began_b --out=runs/began_report
 

@@ -324,17 +324,8 @@ def chroma_similarity(
 def chroma_similarity_map(
   x: jax.Array, y: jax.Array, *, max_val: float = 1.0, c: float = CHROMA_C
 ) -> jax.Array:
-  """Per-pixel `S_I * S_Q` of `chroma_similarity` (whose mean it is).
-
-  Args:
-    x: reference RGB images `[B, H, W, 3]` in `[0, max_val]`.
-    y: distorted RGB images, same shape.
-    max_val: the dynamic range.
-    c: stability constant for I and Q of `[0, 1]` RGB.
-
-  Returns:
-    `[B, H, W, 1]` in `[-1, 1]`, 1 where the chrominance agrees.
-  """
+  """Per-pixel `S_I * S_Q` of `chroma_similarity` (same arguments; its mean is that score):
+  `[B, H, W, 1]` in `[-1, 1]`, 1 where the chrominance agrees. For display."""
   x, y = checks.as_image_pair(x, y, channels=(3,), metric="chroma_similarity_map")
   yiq_x, yiq_y = color.rgb_to_yiq(x / max_val), color.rgb_to_yiq(y / max_val)
   sim = (2 * yiq_x * yiq_y + c) / (jnp.square(yiq_x) + jnp.square(yiq_y) + c)
