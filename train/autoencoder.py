@@ -15,9 +15,8 @@ reconstructions). `eval.autoencoders` compares trained workdirs.
 """
 
 import dataclasses
-import json
 import os
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
@@ -25,8 +24,8 @@ import optax
 
 import perceptual
 from models import autoencoder as ae
-from train import checkpoints, data, images, loop, metrics, sharding
 from train import config as config_lib
+from train import data, images, loop, metrics, sharding
 
 # Ridgeway et al. give 5e-5 for MSE and 5e-2 for SSIM. Their MSE is Caffe's EuclideanLoss, the
 # halved squared error summed over the pixels, whose gradient is pixels / 2 times that of the
@@ -83,12 +82,6 @@ def resolve(config: Config) -> Config:
   return dataclasses.replace(config, **filled)
 
 
-class TrainState(NamedTuple):
-  step: Any
-  params: Any
-  opt_state: Any
-
-
 def load_data(config: Config) -> tuple[data.Dataset, data.Split]:
   """`(dataset, test)`: the loop's dataset (train minus validation, and validation as its test
   split, for early stopping) and the real test split. Grey by ITU-R 601-2 luma (`train.data`)."""
@@ -110,7 +103,7 @@ def make_steps(model, tx: optax.GradientTransformation, loss: perceptual.Loss):
   def reconstruct(params, x):
     return ae.to_unit_range(model.apply({"params": params}, ae.from_unit_range(x)))
 
-  def train_step(state: TrainState, batch, key, consts):
+  def train_step(state: loop.TrainState, batch, key, consts):
     x = batch["image"]
 
     def objective(params):
@@ -122,9 +115,9 @@ def make_steps(model, tx: optax.GradientTransformation, loss: perceptual.Loss):
     value, grads = jax.value_and_grad(objective)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    return TrainState(state.step + 1, params, opt_state), {"loss": value}
+    return loop.TrainState(state.step + 1, params, opt_state), {"loss": value}
 
-  def eval_step(state: TrainState, batch, consts):
+  def eval_step(state: loop.TrainState, batch, consts):
     x = batch["image"]
     recon = reconstruct(state.params, x)
     values = {
@@ -147,39 +140,15 @@ def create(config: Config):
   )
   x = np.zeros((1, *model.image_shape), np.float32)
   params = jax.jit(model.init)(jax.random.key(config.seed), x)["params"]  # one compile
-  return model, tx, TrainState(np.zeros((), np.int32), params, tx.init(params))
+  return model, tx, loop.TrainState(np.zeros((), np.int32), params, tx.init(params))
 
 
-def load(workdir: str, *, best: bool = True) -> tuple[Config, Any, TrainState]:
+def load(workdir: str, *, best: bool = True) -> tuple[Config, Any, loop.TrainState]:
   """The config, model and best (lowest validation loss) or latest state of a run."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = Config(**json.load(f))
-  model, _, state = create(config)
-  mgr = checkpoints.manager(workdir)
-  step = _best_step(workdir, mgr.all_steps()) if best else None
-  if step is None:
-    state, step = checkpoints.restore_latest(mgr, state)
-  else:
-    abstract = jax.tree.map(checkpoints.ocp.utils.to_shape_dtype_struct, state)
-    state = mgr.restore(step, args=checkpoints.ocp.args.StandardRestore(abstract))
-  mgr.close()
-  if step is None:
-    raise FileNotFoundError(f"{workdir} has no checkpoint to load; train it first.")
-  return config, model, state
+  return config_lib.load_run(workdir, Config, create, best=best)
 
 
-def _best_step(workdir: str, saved: Any) -> int | None:
-  """The saved step with the lowest logged validation loss (orbax's best_step needs a best_fn)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    lines = [json.loads(line) for line in f if line.strip()]
-  scored = [(r["test_loss"], r["step"]) for r in lines if "test_loss" in r and r["step"] in saved]
-  return min(scored)[1] if scored else None
-
-
-def save_reconstructions(model, state: TrainState, test: data.Split, path: str) -> str:
+def save_reconstructions(model, state: loop.TrainState, test: data.Split, path: str) -> str:
   """32 test images spread over the split (some are sorted by label) over their reconstructions,
   two rows of 16 pairs."""
   x = test.gather(np.linspace(0, len(test) - 1, min(32, len(test))).astype(int))["image"]
@@ -187,7 +156,7 @@ def save_reconstructions(model, state: TrainState, test: data.Split, path: str) 
   return images.save_grid(path, images.side_by_side(x, np.asarray(y), columns=16), columns=16)
 
 
-def train(config: Config) -> TrainState:
+def train(config: Config) -> loop.TrainState:
   """Runs (or resumes) one run, then scores its best checkpoint on the test split."""
   config = resolve(config)
   config_lib.start(config)

@@ -25,7 +25,6 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -61,17 +60,11 @@ class Config(config_lib.Loop):
   workdir: str = config_lib.documented("", "default runs/calibrate_<metric>_<data>")
 
 
-class FitState(NamedTuple):
-  step: jax.Array
-  params: Any  # {"metric": the metric's pytree, "g": log-slope of the sigmoid}
-  opt_state: Any
-
-
 def make_steps(metric: perceptual.Fit, tx: optax.GradientTransformation, rate: float):
   """Pure train / eval steps over 2AFC batches; consts = the metric's fixed inputs."""
   distance = metric.distance
 
-  def train_step(state: FitState, batch, key, consts):
+  def train_step(state: loop.TrainState, batch, key, consts):
     k0, k1 = jax.random.split(key)
 
     def objective(params):
@@ -85,9 +78,9 @@ def make_steps(metric: perceptual.Fit, tx: optax.GradientTransformation, rate: f
     params = optax.apply_updates(state.params, updates)
     params = {**params, "metric": metric.project(params["metric"])}
     metrics = {"loss": loss, "score": score, "g": state.params["g"]}
-    return FitState(state.step + 1, params, opt_state), metrics
+    return loop.TrainState(state.step + 1, params, opt_state), metrics
 
-  def eval_step(state: FitState, batch, consts):
+  def eval_step(state: loop.TrainState, batch, consts):
     d0 = distance(batch["image"], batch["p0"], state.params["metric"], consts)
     d1 = distance(batch["image"], batch["p1"], state.params["metric"], consts)
     return {
@@ -120,7 +113,7 @@ def create(config: Config, steps_per_epoch: int):
     "metric": metric.initial(config.init, config.channels),
     "g": jnp.zeros((), jnp.float32),
   }
-  return metric, tx, FitState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  return metric, tx, loop.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
 
 def held_out_scores(metric: perceptual.Fit, params, consts, dataset) -> dict[str, float]:
@@ -130,7 +123,7 @@ def held_out_scores(metric: perceptual.Fit, params, consts, dataset) -> dict[str
   return twoafc_data.category_scores(d0, d1, dataset.test, dataset.categories)
 
 
-def train(config: Config) -> FitState:
+def train(config: Config) -> loop.TrainState:
   """Runs (or resumes) one fit, writes fitted_params.json and calibration.json; the final state."""
   if not config.workdir:
     workdir = os.path.join("runs", f"calibrate_{config.metric}_{config.data}")

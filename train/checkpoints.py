@@ -8,12 +8,16 @@ warning says so; if none can be read the run stops with an error rather than sta
 import logging
 import os
 import shutil
+from collections.abc import Iterable
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
+
+from train import metrics as metrics_lib
 
 BEST_METRIC = "test_loss"
 
@@ -46,8 +50,47 @@ def save(
   mgr.save(step, args=ocp.args.StandardSave(state), metrics=metrics, force=True)
 
 
+def restore(workdir: str, target: Any, *, best: bool = False) -> Any:
+  """The state of a run: its newest readable checkpoint or, with `best`, the one with the lowest
+  test loss, restored into the structure of `target` (see `restore_latest`).
+
+  Raises:
+    FileNotFoundError: `workdir` holds no checkpoint.
+  """
+  mgr = manager(workdir)
+  try:
+    step = best_step(workdir, mgr.all_steps()) if best else None
+    if step is None:
+      state, step = restore_latest(mgr, target)
+    else:
+      state = mgr.restore(step, args=ocp.args.StandardRestore(_abstract(target)))
+  finally:
+    mgr.close()
+  if step is None:
+    raise FileNotFoundError(f"{workdir} has no checkpoint to load; train it first.")
+  return state
+
+
+def best_step(workdir: str, saved: Iterable[int]) -> int | None:
+  """The step of `saved` with the lowest test loss logged in `workdir/metrics.jsonl` (the earliest
+  on a tie); None when none was evaluated. The log, not orbax: a manager writes checkpoint metrics
+  to disk only when its options have a `best_fn`, so a reopened one does not know them."""
+  if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+    return None
+  saved = set(saved)
+  scored = [
+    (line[BEST_METRIC], line["step"])
+    for line in metrics_lib.read_lines(workdir)
+    if BEST_METRIC in line and line["step"] in saved
+  ]
+  return min(scored)[1] if scored else None
+
+
 def restore_latest(mgr: ocp.CheckpointManager, target: Any) -> tuple[Any, int | None]:
   """Restores the newest readable checkpoint into the structure/shardings of `target`.
+
+  Leaves of `target` without a sharding (NumPy arrays) are restored onto this process's first
+  device, whatever topology saved them: a run of two processes loads in one.
 
   Returns:
     (state, step), or (target, None) when the workdir has no checkpoint.
@@ -55,7 +98,7 @@ def restore_latest(mgr: ocp.CheckpointManager, target: Any) -> tuple[Any, int | 
   steps = sorted(mgr.all_steps(), reverse=True)
   if not steps:
     return target, None
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  abstract = _abstract(target)
   errors = []
   for step in steps:
     try:
@@ -78,6 +121,20 @@ def restore_latest(mgr: ocp.CheckpointManager, target: Any) -> tuple[Any, int | 
     + "\n".join(errors)
     + "\nDelete that folder to start over, or pass a new --workdir."
   )
+
+
+def _abstract(target: Any) -> Any:
+  """Shapes, dtypes and shardings to restore into. Without a sharding, orbax would use the one
+  saved in the checkpoint, which names the devices of the run that wrote it ("Topology mismatch"
+  in a process that has other devices)."""
+  here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def leaf(a):
+    if isinstance(a, np.ndarray):
+      return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here)
+    return ocp.utils.to_shape_dtype_struct(a)  # keeps a jax.Array's sharding
+
+  return jax.tree.map(leaf, target)
 
 
 def _set_aside(mgr: ocp.CheckpointManager, steps: list[int]) -> str:

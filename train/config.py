@@ -1,7 +1,8 @@
-"""Frozen-dataclass configs whose fields are the command-line flags of an entry point.
+"""A trainer's skeleton: its frozen config, whose fields are the command-line flags, the prologue
+of a run (`start`) and the way back into a finished one (`load_run`).
 
     @dataclasses.dataclass(frozen=True)
-    class Config:
+    class Config(Loop):                      # seed, workdir, cadences, multi-host flags
       loss: str = choice("l2", LOSSES)     # --loss, validated at parse time
       epochs: int = 5                        # --epochs
 
@@ -10,6 +11,15 @@
 
 Flags are defined only under `__main__` (absl raises DuplicateFlagError when two trainers that
 define flags at import time are imported by one process, e.g. the test suite).
+
+The flags are plain absl flags, one per field (`--loss=ssim`), each listed with its help in
+`--helpfull`, a choice field checked against its options at parse time. This module defines them
+rather than `ml_collections.config_flags.DEFINE_config_dataclass` (absl itself has no dataclass
+flags), which does not keep that contract: it prefixes every field (`--config.loss=ssim`), defines
+a field's flag only when the command line names it (`--helpfull` lists none), checks a string
+against no options (only Enum fields), and assigns fields with `setattr`, which a frozen config
+refuses. What it adds, nested configs and config files, no trainer uses: every config is flat.
+Resuming is checked on the parsed config whatever parses it (`save`).
 """
 
 import dataclasses
@@ -17,14 +27,14 @@ import json
 import os
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
 from absl import app, flags
 from absl import logging as absl_logging
 
-from train import sharding, xla_cpu
+from train import checkpoints, sharding, xla_cpu
 
 
 def choice(default: str, options: Iterable[str], help: str = "") -> Any:  # noqa: A002
@@ -133,6 +143,27 @@ def start(config: Loop) -> None:
     config.coordinator_address, config.num_processes, config.process_id
   )
   save(config, config.workdir)
+
+
+def load_run(
+  workdir: str, cls: type, create: Callable[[Any], tuple[Any, Any, Any]], *, best: bool = False
+) -> tuple[Any, Any, Any]:
+  """A run read back from its folder (notebooks, evaluation, a trainer's final scoring).
+
+  Args:
+    workdir: the run folder `start` wrote.
+    cls: the trainer's config class; `config.json` is read into it.
+    create: the trainer's `config -> (model, tx, initial state)`; the state is the structure the
+      checkpoint is restored into.
+    best: the checkpoint with the lowest test loss instead of the newest.
+
+  Returns:
+    (config, model, state).
+  """
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = cls(**json.load(f))
+  model, _, state = create(config)
+  return config, model, checkpoints.restore(workdir, state, best=best)
 
 
 # Fields that may change between a run and its resumption: how long to train, how to show and

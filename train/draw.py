@@ -17,7 +17,6 @@ checkpoints/ and reconstructions.png, samples.png, canvas_samples.png, canvas_re
 import dataclasses
 import functools
 import os
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -83,12 +82,6 @@ def resolve(config: Config) -> Config:
   return dataclasses.replace(config, **filled)
 
 
-class TrainState(NamedTuple):
-  step: jax.Array
-  params: Any
-  opt_state: Any
-
-
 def keep_label(split: data.Split, label: int) -> data.Split:
   """The examples of `split` with class `label` (e.g. CIFAR-10 dogs, label 5)."""
   if split.labels is None:
@@ -132,7 +125,7 @@ def make_steps(model: draw_models.Draw, tx: optax.GradientTransformation, config
     )
     return total, parts, output
 
-  def train_step(state: TrainState, batch, key, consts):
+  def train_step(state: loop.TrainState, batch, key, consts):
     kl_weight = jnp.minimum(1.0, (state.step + 1) / max(config.kl_warmup, 1))
 
     def mean_objective(params):
@@ -143,9 +136,9 @@ def make_steps(model: draw_models.Draw, tx: optax.GradientTransformation, config
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": value, **parts, "grad_norm": optax.tree.norm(grads)}
-    return TrainState(state.step + 1, params, opt_state), metrics
+    return loop.TrainState(state.step + 1, params, opt_state), metrics
 
-  def eval_step(state: TrainState, batch, consts):
+  def eval_step(state: loop.TrainState, batch, consts):
     """Per-image objective, KL term, distortion and PSNR of one reconstruction.
 
     Each image is reconstructed on its own (a batch of one) with latent noise drawn from its
@@ -180,7 +173,7 @@ def create(config: Config):
   )
   x = jnp.zeros((1, config.image_size, config.image_size, config.channels))
   params = model.init(jax.random.key(config.seed), x, jax.random.key(0))
-  return model, tx, TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  return model, tx, loop.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))  # compiled once for every epoch's samples
@@ -189,7 +182,7 @@ def _generate(model: draw_models.Draw, params, key: jax.Array, batch_size: int):
 
 
 def save_pictures(
-  model: draw_models.Draw, state: TrainState, test: data.Split, workdir: str, *, seed: int
+  model: draw_models.Draw, state: loop.TrainState, test: data.Split, workdir: str, *, seed: int
 ) -> dict[str, str]:
   """Reconstructions, samples and the canvas sequences (one row per image, T columns) as PNGs."""
   params = jax.device_get(state.params)
@@ -219,7 +212,7 @@ def save_pictures(
   }
 
 
-def train(config: Config) -> TrainState:
+def train(config: Config) -> loop.TrainState:
   """Runs (or resumes) one training run; returns the final state."""
   config = resolve(config)
   config_lib.start(config)

@@ -29,6 +29,15 @@ from train import checkpoints, data, sharding
 from train.metrics import MetricsLog
 
 
+class TrainState(NamedTuple):
+  """The state of a trainer with one model and one optimizer; a trainer whose state holds more
+  (BatchNorm statistics, a GAN's two networks and optimizers) defines its own NamedTuple."""
+
+  step: Any  # int32 scalar
+  params: Any
+  opt_state: Any
+
+
 class Settings(NamedTuple):
   """What the loop needs from a trainer's config."""
 

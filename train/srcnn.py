@@ -18,9 +18,8 @@ with "VALID" filtering (needs 25 px), equal exponents 1/3 (Snell et al. weight s
 
 import dataclasses
 import functools
-import json
 import os
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,8 +29,8 @@ import optax
 import perceptual
 from models import srcnn as srcnn_models
 from perceptual import structural
-from train import checkpoints, data, datasets, images, loop, metrics, superres
 from train import config as config_lib
+from train import data, datasets, images, loop, metrics, superres
 
 TRAIN_PHOTOS = ("astronaut", "coffee", "rocket", "motorcycle")
 TEST_PHOTO = "chelsea"
@@ -97,12 +96,6 @@ def load_data(config: Config) -> data.Dataset:
   )
 
 
-class TrainState(NamedTuple):
-  step: Any
-  params: Any
-  opt_state: Any
-
-
 def make_steps(model, tx: optax.GradientTransformation, loss: perceptual.Loss):
   """Pure steps on batches of stacked (bicubic, target) crops; consts = the loss params."""
 
@@ -111,7 +104,7 @@ def make_steps(model, tx: optax.GradientTransformation, loss: perceptual.Loss):
     target = superres.shave(x[..., 1:], border=model.border)
     return x[..., :1], target
 
-  def train_step(state: TrainState, batch, key, consts):
+  def train_step(state: loop.TrainState, batch, key, consts):
     inputs, target = split(batch)
 
     def objective(params):
@@ -120,11 +113,10 @@ def make_steps(model, tx: optax.GradientTransformation, loss: perceptual.Loss):
 
     value, grads = jax.value_and_grad(objective)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    return TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state), {
-      "loss": value
-    }
+    params = optax.apply_updates(state.params, updates)
+    return loop.TrainState(state.step + 1, params, opt_state), {"loss": value}
 
-  def eval_step(state: TrainState, batch, consts):
+  def eval_step(state: loop.TrainState, batch, consts):
     inputs, target = split(batch)
     restored = jnp.clip(model.apply({"params": state.params}, inputs), 0.0, 1.0)
     bicubic = superres.shave(inputs, border=model.border)
@@ -143,20 +135,12 @@ def create(config: Config):
   tx = optax.adam(config.learning_rate)
   x = np.zeros((1, config.crop, config.crop, 1), np.float32)
   params = model.init(jax.random.key(config.seed), x)["params"]
-  return model, tx, TrainState(np.zeros((), np.int32), params, tx.init(params))
+  return model, tx, loop.TrainState(np.zeros((), np.int32), params, tx.init(params))
 
 
-def load(workdir: str) -> tuple[Config, Any, TrainState]:
+def load(workdir: str) -> tuple[Config, Any, loop.TrainState]:
   """The config, model and latest state of a run."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = Config(**json.load(f))
-  model, _, state = create(config)
-  mgr = checkpoints.manager(workdir)
-  state, step = checkpoints.restore_latest(mgr, state)
-  mgr.close()
-  if step is None:
-    raise FileNotFoundError(f"{workdir} has no checkpoint to load; train it first.")
-  return config, model, state
+  return config_lib.load_run(workdir, Config, create)
 
 
 def super_resolve(model, params, name: str = TEST_PHOTO, *, scale: int = 4) -> dict[str, Any]:
@@ -177,7 +161,7 @@ def super_resolve(model, params, name: str = TEST_PHOTO, *, scale: int = 4) -> d
   return out
 
 
-def train(config: Config) -> TrainState:
+def train(config: Config) -> loop.TrainState:
   """Runs (or resumes) one run, then scores it on the whole held-out photo."""
   if not config.workdir:
     config = dataclasses.replace(

@@ -6,11 +6,12 @@
 
 Objective `lambda * sum_batch L_rec(x, x_hat) + sum_batch KLD`, Adam with the learning rate halved
 every 100 (MNIST) / 20 (CelebA) epochs. The workdir gets config.json, metrics.jsonl, checkpoints/
-and PNGs (reconstructions, samples, the latent manifold for a 2-d latent, interpolations).
+and PNGs (reconstructions, samples, the latent manifold for a 2-d latent, interpolations). On
+MNIST-like data the last line of metrics.jsonl holds the digit classifier's `final_digits_*` scores
+of the final state (`train.digits`: class accuracy of reconstructions, coverage of samples).
 """
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -24,8 +25,8 @@ import optax
 import perceptual
 from models import vae as vae_models
 from perceptual import twoafc
-from train import checkpoints, data, images, loop
 from train import config as config_lib
+from train import data, digits, images, loop, metrics
 
 # lambda = e^k per loss, from the authors' table (WATSON.md) where they give one; the others are
 # ours: l1/l2 sum over pixels (lambda = number of pixels), the SSIM family as SSIM.
@@ -99,7 +100,9 @@ class Config(config_lib.Loop):
   )
   halve_every: int | None = config_lib.documented(None, "epochs between learning-rate halvings")
   workdir: str = config_lib.documented("", "default runs/vae_<arch>_<loss>")
-  test_metrics: bool = config_lib.documented(True, "score test reconstructions with every metric")
+  test_metrics: bool = config_lib.documented(
+    True, "score test reconstructions with every metric (and, on MNIST-like data, train.digits)"
+  )
 
 
 def resolve(config: Config) -> Config:
@@ -264,18 +267,36 @@ def create(config: Config, steps_per_epoch: int):
 
 def load(workdir: str) -> tuple[Config, vae_models.VAE, TrainState]:
   """The config, model and latest checkpointed state of a run (for notebooks and evaluation)."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = Config(**json.load(f))
-  dataset = data.load(config.dataset, image_size=config.image_size, channels=config.channels)
-  model, _, state = create(
-    config, data.steps_per_epoch(dataset.train, batch_size=config.batch_size)
+
+  def create_from(config: Config):  # the learning-rate schedule counts epochs of this data
+    dataset = data.load(config.dataset, image_size=config.image_size, channels=config.channels)
+    return create(config, data.steps_per_epoch(dataset.train, batch_size=config.batch_size))
+
+  return config_lib.load_run(workdir, Config, create_from)
+
+
+def digit_scores(
+  model: vae_models.VAE,
+  state: TrainState,
+  test: data.Split,
+  classifier: digits.Classifier,
+  *,
+  seed: int,
+  num_samples: int = 400,
+) -> dict[str, float]:
+  """`train.digits.score_vae` of a state: its reconstructions of `test` (from the mean code) and
+  `num_samples` prior samples drawn with `key(seed)`, labelled by the digit classifier."""
+  variables = _variables(jax.device_get(state))
+  batch = test.gather(np.arange(len(test)))
+  return digits.score_vae(
+    classifier,
+    lambda x: loop.apply(model, variables, x, method=vae_models.VAE.encode)[0],
+    lambda z: loop.apply(model, variables, z, method=vae_models.VAE.decode),
+    batch["image"],
+    batch["label"],
+    key=jax.random.key(seed),
+    num_samples=num_samples,
   )
-  mgr = checkpoints.manager(workdir)
-  state, step = checkpoints.restore_latest(mgr, state)
-  mgr.close()
-  if step is None:
-    raise FileNotFoundError(f"{workdir} has no checkpoint to load.")
-  return config, model, state
 
 
 def train(config: Config) -> TrainState:
@@ -310,6 +331,14 @@ def train(config: Config) -> TrainState:
     on_epoch_end=on_epoch_end,
     max_steps=config.max_steps,
   )
+  if config.test_metrics and digits.applies(dataset) and jax.process_index() == 0:
+    n = min(len(dataset.test), config.eval_examples or len(dataset.test))
+    # Spread over the split, not its head: mnist_embedded's test split is in label order.
+    test = data.subset(dataset.test, np.arange(n) * len(dataset.test) // n)
+    scores = digit_scores(model, state, test, digits.classifier(dataset), seed=config.seed)
+    final = {f"final_digits_{k}": v for k, v in scores.items()}
+    metrics.write_final(config.workdir, {"step": int(state.step), **final})
+    print(f"digit classifier (train.digits) of the final state: {scores}")
   if jax.process_index() == 0:
     print(
       f"outputs in {os.path.abspath(config.workdir)}: config.json, metrics.jsonl, "

@@ -106,6 +106,6 @@ def test_calibrate_watson_scores_each_pair_on_its_own():
   _, eval_step = calibrate.make_steps(metric, optax.sgd(0.0), 0.0)
   # g = 1: a steeper sigmoid than at init (g = 0), so the loss reacts more to the distances.
   params = {"metric": metric.initial("paper_2019", 3), "g": jnp.ones(())}
-  state = calibrate.FitState(jnp.zeros((), jnp.int32), params, ())
+  state = loop.TrainState(jnp.zeros((), jnp.int32), params, ())
   scores = _scores_by_batch_size(eval_step, state, dataset.test, metric.consts(3))
   _assert_all_equal(scores, {"loss", "score"})

@@ -1,9 +1,10 @@
-"""train.srcnn: two steps + resume, the data pairs, the 33 px MS-SSIM loss."""
+"""train.srcnn: two steps + resume, multiple processes, the data pairs, the 33 px MS-SSIM loss."""
 
 import json
 import os
 import tempfile
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -30,6 +31,21 @@ def test_two_steps_then_resume():
     assert 27.0 < final["final_bicubic_psnr"] < 33.0 and 0.6 < final["final_bicubic_ssim"] < 0.95
     assert os.path.exists(os.path.join(workdir, "chelsea.png"))
     assert int(sr_train.load(workdir)[2].step) == 4
+
+
+def test_two_processes_train_like_one(two_processes_and_one):
+  flags = ("--arch=tiny", "--num_train=64", "--num_test=16", "--batch_size=16", "--max_steps=2")
+  with tempfile.TemporaryDirectory() as root:
+    multi, single = two_processes_and_one("train.srcnn", root, *flags, "--progress=false")
+    # Loaded here, in one process: the checkpoint of two processes restores onto this topology.
+    config, _, state = sr_train.load(multi)
+    assert config.num_processes == 2 and int(state.step) == 2
+    chex.assert_trees_all_close(
+      jax.device_get(state.params),
+      jax.device_get(sr_train.load(single)[2].params),
+      rtol=1e-5,
+      atol=1e-5,
+    )
 
 
 def test_pairs_are_aligned_degradations():

@@ -1,0 +1,78 @@
+"""Digit-classifier scores of finished `train.vae` runs on MNIST-like data, as JSON lines.
+
+    python -m eval.digits --workdir=runs/vae_mnist_watson_dft
+    python -m eval.digits --workdir=runs/vae_mnist_l2,runs/vae_mnist_watson_dft --out=DIR
+
+Each run's latest checkpoint is scored on its dataset's whole test split by the classifier of
+`train.digits` (trained on the training split at the first call, then read from its cache):
+class accuracy of the test reconstructions, class coverage, confidence and inception score of
+prior samples, and the classifier's own test accuracy. A run's `final_digits_*` line in
+metrics.jsonl holds the same scores (of `--eval_examples` test images spread over the split, when
+that was set). With `--out`, DIR gets digits.{json,md}, one row per run.
+"""
+
+import json
+from typing import Any
+
+import jax
+from absl import app, flags
+from absl import logging as absl_logging
+
+from train import data, digits, metrics
+from train import vae as vae_train
+
+
+def evaluate(
+  workdir: str,
+  *,
+  num_samples: int = 400,
+  settings: digits.Settings | None = None,
+  cache_dir: str | None = None,
+) -> dict[str, Any]:
+  """The run's name, step and `train.digits.scores` of its latest checkpoint.
+
+  Args:
+    workdir: a `train.vae` run on an MNIST-like dataset (`train.digits.applies`).
+    num_samples: prior samples drawn (with the run's seed, as at the end of its training).
+    settings: the classifier's hyper-parameters (default `train.digits.Settings()`).
+    cache_dir: the classifier cache (default `train.digits`'s).
+
+  Returns:
+    `{"workdir", "loss", "step", **train.digits.scores}`.
+  """
+  config, model, state = vae_train.load(workdir)
+  dataset = data.load(config.dataset, image_size=config.image_size, channels=config.channels)
+  if not digits.applies(dataset):
+    raise ValueError(
+      f"{workdir} was trained on {config.dataset} at {dataset.image_shape}; the digit classifier "
+      f"scores {digits.MNIST_LIKE} at {digits.IMAGE_SHAPE}."
+    )
+  judge = digits.classifier(dataset, settings=settings or digits.Settings(), cache_dir=cache_dir)
+  scores = vae_train.digit_scores(
+    model, state, dataset.test, judge, seed=config.seed, num_samples=num_samples
+  )
+  return {
+    "workdir": workdir,
+    "loss": config.loss,
+    "step": int(jax.device_get(state.step)),
+    **scores,
+  }
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  if not FLAGS["verbosity"].present:  # stdout is JSON; orbax's INFO chatter goes unless asked for
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  rows = [evaluate(w, num_samples=FLAGS.num_samples) for w in FLAGS.workdir]
+  for row in rows:
+    print(json.dumps(row))
+  if FLAGS.out:
+    metrics.write_table(rows, FLAGS.out, "digits", title="Digit-classifier scores")
+
+
+if __name__ == "__main__":
+  flags.DEFINE_list("workdir", None, "train.vae workdirs (comma-separated)", required=True)
+  flags.DEFINE_integer("num_samples", 400, "prior samples per run")
+  flags.DEFINE_string("out", "", "folder for digits.{json,md} (optional)")
+  FLAGS = flags.FLAGS
+  app.run(main)
