@@ -8,18 +8,26 @@ Each run's latest checkpoint is scored on its dataset's whole test split by the 
 class accuracy of the test reconstructions, class coverage, confidence and inception score of
 prior samples, and the classifier's own test accuracy. A run's `final_digits_*` line in
 metrics.jsonl holds the same scores (of `--eval_examples` test images spread over the split, when
-that was set). With `--out`, DIR gets digits.{json,md}, one row per run.
+that was set). Each row also carries the test PSNR, SSIM and Watson-DFT of the run's last
+evaluation (from its metrics.jsonl). With `--out`, DIR gets digits.{json,md}, one row per run,
+and samples.png: 64 prior samples of each run (the same codes), side by side in the order given.
 """
 
 import json
+import os
 from typing import Any
 
 import jax
+import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
-from train import data, digits, metrics
+from models import vae as vae_models
+from train import data, digits, images, loop, metrics
 from train import vae as vae_train
+
+# The test metrics of a run's last evaluation that its row repeats.
+TEST_METRICS = ("test_psnr", "test_ssim", "test_watson_dft")
 
 
 def evaluate(
@@ -38,7 +46,8 @@ def evaluate(
     cache_dir: the classifier cache (default `train.digits`'s).
 
   Returns:
-    `{"workdir", "loss", "step", **train.digits.scores}`.
+    `{"workdir", "loss", "step", **train.digits.score_vae, **TEST_METRICS}` (the test metrics
+    the run logged).
   """
   config, model, state = vae_train.load(workdir)
   dataset = data.load(config.dataset, image_size=config.image_size, channels=config.channels)
@@ -51,12 +60,29 @@ def evaluate(
   scores = vae_train.digit_scores(
     model, state, dataset.test, judge, seed=config.seed, num_samples=num_samples
   )
+  evaluated = [line for line in metrics.read_lines(workdir) if "test_loss" in line]
+  logged = {k: evaluated[-1][k] for k in TEST_METRICS if evaluated and k in evaluated[-1]}
   return {
     "workdir": workdir,
     "loss": config.loss,
     "step": int(jax.device_get(state.step)),
     **scores,
+    **logged,
   }
+
+
+def samples_figure(workdirs: list[str], path: str, *, count: int = 64, seed: int = 0) -> str:
+  """`count` prior samples of each run, decoded from the same codes, as grids side by side."""
+  grids = []
+  for workdir in workdirs:
+    config, model, state = vae_train.load(workdir)
+    z = jax.random.normal(jax.random.key(seed), (count, config.latent))
+    variables = vae_train._variables(jax.device_get(state))
+    decoded = np.asarray(loop.apply(model, variables, z, method=vae_models.VAE.decode))
+    grids.append(images.grid(decoded, columns=int(np.sqrt(count))))
+  spacer = np.full((grids[0].shape[0], 6, grids[0].shape[-1]), 0.5, grids[0].dtype)
+  row = np.concatenate([part for g in grids for part in (g, spacer)][:-1], axis=1)
+  return images.save_png(path, row, scale=2)
 
 
 def main(argv: list[str]) -> None:
@@ -68,6 +94,7 @@ def main(argv: list[str]) -> None:
     print(json.dumps(row))
   if FLAGS.out:
     metrics.write_table(rows, FLAGS.out, "digits", title="Digit-classifier scores")
+    samples_figure(FLAGS.workdir, os.path.join(FLAGS.out, "samples.png"))
 
 
 if __name__ == "__main__":

@@ -127,6 +127,7 @@ class Loop:
   seed: int = 0
   workdir: str = documented("", "run folder (default: runs/<trainer>_<its main options>)")
   checkpoint_every: int = 500
+  eval_every: int = documented(1, "epochs between test evaluations, pictures and checkpoints")
   keep_checkpoints: int = 2
   log_every: int = 20
   max_steps: int | None = documented(None, "stop early (tests, benchmarks)")
@@ -175,6 +176,7 @@ RESUMABLE = (
   "progress",
   "log_every",
   "checkpoint_every",
+  "eval_every",
   "keep_checkpoints",
   "workdir",
   "coordinator_address",

@@ -10,7 +10,10 @@ digits, never seen by the model, labels what the model draws):
   in-between shapes);
 - `inception_score`: `exp(E_x KL(p(y|x) || p(y)))` over the samples (Salimans et al. 2016,
   "Improved Techniques for Training GANs", https://arxiv.org/abs/1606.03498), in [1, 10]: high
-  when each sample is one confident class and the classes are balanced.
+  when each sample is one confident class and the classes are balanced;
+- `sample_sharpness` (from `score_vae`): the mean gradient magnitude of the samples over that of
+  the real test digits (`gradient_magnitude`): near 1 for samples as crisp as real digits, lower
+  for blurred ones.
 
     classifier = digits.classifier(dataset)  # trained once, then read from the cache
     scores = digits.score_vae(classifier, encode, decode, images, labels, key=key)
@@ -218,6 +221,13 @@ def scores(
   }
 
 
+def gradient_magnitude(images: Any) -> float:
+  """Mean over images and pixels of `sqrt(dx^2 + dy^2)`, forward differences of `[N, H, W, C]`."""
+  z = np.asarray(images, np.float64)
+  dx, dy = z[:, :-1, 1:] - z[:, :-1, :-1], z[:, 1:, :-1] - z[:, :-1, :-1]
+  return float(np.mean(np.sqrt(dx * dx + dy * dy)))
+
+
 def score_vae(
   classifier: Classifier,
   encode: Callable[[jax.Array], jax.Array],
@@ -242,7 +252,8 @@ def score_vae(
     batch_size: images encoded and decoded at once.
 
   Returns:
-    The dict of `scores`.
+    The dict of `scores` and `sample_sharpness`, the samples' `gradient_magnitude` over that of
+    `images`.
   """
   codes = [
     encode(jnp.asarray(images[i : i + batch_size])) for i in range(0, len(images), batch_size)
@@ -250,4 +261,6 @@ def score_vae(
   recon = np.concatenate([np.asarray(decode(mu)) for mu in codes])
   z = jax.random.normal(key, (num_samples, codes[0].shape[-1]))
   samples = [np.asarray(decode(z[i : i + batch_size])) for i in range(0, num_samples, batch_size)]
-  return scores(classifier, recon, labels, np.concatenate(samples))
+  samples = np.concatenate(samples)
+  sharpness = gradient_magnitude(samples) / gradient_magnitude(images)
+  return {**scores(classifier, recon, labels, samples), "sample_sharpness": sharpness}

@@ -47,7 +47,8 @@ class Settings(NamedTuple):
   eval_batch_size: int = 256
   eval_examples: int | None = None  # score only the first N test examples (quick runs)
   seed: int = 0
-  checkpoint_every: int = 500  # steps; every epoch end is checkpointed too
+  checkpoint_every: int = 500  # steps; every evaluated epoch end is checkpointed too
+  eval_every: int = 1  # epochs between evaluations (with pictures and a checkpoint); the last one
   keep_checkpoints: int = 2
   log_every: int = 20
   progress: bool = True
@@ -219,7 +220,8 @@ def fit(
     dataset: a `train.data.Dataset` (train and test splits).
     settings: loop settings.
     consts: a pytree both steps receive unchanged (loss parameters, fixed networks).
-    on_epoch_end: called with the state and the finished epoch (pictures, extra logs).
+    on_epoch_end: called with the state and the finished epoch (pictures, extra logs) after each
+      evaluation: every `settings.eval_every` epochs and at the end of training.
     max_steps: stop after this global step (for tests and benchmarks); epochs still count.
     stop: early stopping, e.g. `early_stopping("test_loss")`: called with the evaluations at the
       ends of the full epochs so far (dicts of `test_*` values with "step"), oldest first; when it
@@ -290,6 +292,8 @@ def fit(
       if step % settings.checkpoint_every == 0 and step < epoch * steps_per_epoch + end:
         checkpoints.save(mgr, step, state)
     _check_finite(log.flush(), step, settings.workdir)
+    if step < total and step % (settings.eval_every * steps_per_epoch) != 0:
+      continue
     test = evaluate(
       eval_step,
       state,

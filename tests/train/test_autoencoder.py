@@ -72,3 +72,13 @@ def test_early_stop_survives_resume():
     lines = _lines(workdir)
     assert [r["step"] for r in lines if "test_loss" in r] == [4, 8]
     assert [r["final_step"] for r in lines if "final_step" in r] == [4]  # the best: the first
+
+
+def test_eval_every_evaluates_every_nth_epoch_and_the_last():
+  # 64 training images, 4 steps per epoch: epochs 2 and 4 are evaluated, and the last (5).
+  with tempfile.TemporaryDirectory() as workdir:
+    config = ae_train.Config(
+      loss="l2", workdir=workdir, validation=9000 - 64, epochs=5, eval_every=2, **FAST
+    )
+    assert ae_train.train(config).step == 20
+    assert [r["step"] for r in _lines(workdir) if "test_loss" in r] == [8, 16, 20]

@@ -98,8 +98,18 @@ def test_score_vae_decodes_mean_codes_and_prior_samples(judge, test_digits):
   )
   assert scores["class_accuracy"] == judge.test_accuracy  # the identity "autoencoder"
   assert drawn[-1] == (300, 1024)  # one batch of prior samples of the encoder's latent size
-  noise = jax.random.normal(key, (300, 1024)).reshape(300, 32, 32, 1)
-  assert scores == digits.scores(judge, x, labels, noise)
+  noise = np.asarray(jax.random.normal(key, (300, 1024)).reshape(300, 32, 32, 1))
+  sharpness = digits.gradient_magnitude(noise) / digits.gradient_magnitude(x)
+  assert scores == {**digits.scores(judge, x, labels, noise), "sample_sharpness": sharpness}
+
+
+def test_gradient_magnitude_is_lower_for_blurred_digits(test_digits):
+  x = np.asarray(test_digits["image"], np.float64)
+  blurred = (x + np.roll(x, 1, 1) + np.roll(x, 1, 2) + np.roll(x, (1, 1), (1, 2))) / 4
+  assert 0.3 < digits.gradient_magnitude(blurred) / digits.gradient_magnitude(x) < 0.9
+  step = np.zeros((1, 4, 4, 1))
+  step[:, :, 2:] = 1.0  # one vertical edge: |dx| = 1 in 3 of the 9 differences
+  assert digits.gradient_magnitude(step) == pytest.approx(3 / 9)
 
 
 def test_cache_is_reused(judge, dataset, monkeypatch):
@@ -162,7 +172,12 @@ def test_vae_run_ends_with_the_judges_scores(judge, monkeypatch, tmp_path):
   samples = model.apply(
     variables, jax.random.normal(jax.random.key(0), (400, 2)), method=model.decode
   )
-  assert scores == pytest.approx(digits.scores(judge, recon, batch["label"], samples), rel=1e-5)
+  expected = {
+    **digits.scores(judge, recon, batch["label"], samples),
+    "sample_sharpness": digits.gradient_magnitude(samples)
+    / digits.gradient_magnitude(batch["image"]),
+  }
+  assert scores == pytest.approx(expected, rel=1e-5)
   assert scores["classifier_accuracy"] == judge.test_accuracy
   vae_train.train(config)  # finished: scored again, one final line kept
   assert (

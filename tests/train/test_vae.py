@@ -11,6 +11,7 @@ import time
 import chex
 import jax
 import numpy as np
+import optax
 import pytest
 
 import perceptual
@@ -100,6 +101,53 @@ def test_pictures_reuse_compiled_programs():
     finally:
       jax.monitoring.unregister_event_duration_listener(record)
   assert compiles == [], f"the second epoch's pictures traced {len(compiles)} programs"
+
+
+def test_schedules_short_by_default_and_the_papers_one_flag_away():
+  short = vae_train.resolve(vae_train.Config())
+  assert (short.epochs, short.learning_rate, short.l2_warmup, short.l2_blend) == (11, 1e-3, 6, 3)
+  paper = vae_train.resolve(vae_train.Config(schedule="paper"))
+  assert (paper.epochs, paper.learning_rate, paper.l2_warmup, paper.l2_blend) == (250, 1e-4, 0, 0)
+  assert paper.eval_every == 1 and paper.loss_weight == short.loss_weight
+  assert vae_train.resolve(vae_train.Config(schedule="paper", epochs=3)).epochs == 3
+  with pytest.raises(ValueError, match="--schedule=paper is Czolbe"):
+    vae_train.resolve(vae_train.Config(schedule="paper", arch="celeba"))
+
+
+def test_l2_share_holds_then_falls_linearly():
+  share = vae_train.l2_share(np.arange(8), 3, 4)
+  np.testing.assert_allclose(share, [1, 1, 1, 1, 0.75, 0.5, 0.25, 0])
+
+
+@pytest.mark.parametrize("share", [1.0, 0.5])
+def test_l2_warmup_blends_the_objective(share):
+  # At step 2 of (warm-up 1, blend 2) L2 has half the weight, during the warm-up all of it: the
+  # gradient is that blend of the L2 and Watson-DFT VAEs' gradients (their KL terms add up to one).
+  config = vae_train.resolve(vae_train.Config(loss="watson_dft", arch="tiny", batch_size=8))
+  model, _, state = vae_train.create(config, 100)
+  sgd = optax.sgd(1.0)  # the update is minus the gradient
+  state = state._replace(step=jax.numpy.asarray(2 if share == 0.5 else 0, jax.numpy.int32))
+  state = state._replace(opt_state=sgd.init(state.params))
+  dataset = data.load(config.dataset, image_size=32, channels=1)
+  batch = next(data.batches(dataset.train, batch_size=8, seed=0, epoch=0))
+  grads = {}
+  for name, loss, weight, l2_steps in [
+    ("blend", "watson_dft", config.loss_weight, (1, 2)),
+    ("watson_dft", "watson_dft", config.loss_weight, (0, 0)),
+    ("l2", "l2", 32.0 * 32.0, (0, 0)),  # the mean over pixels times their number
+  ]:
+    loss = perceptual.LOSSES[loss]
+    step, _ = vae_train.make_steps(model, sgd, loss, weight, l2_steps=l2_steps)
+    consts = {"loss": loss.params(1), "metrics": {}}
+    new, _ = jax.jit(step)(state, batch, jax.random.key(3), consts)
+    grads[name] = jax.tree.map(lambda a, b: a - b, state.params, new.params)
+  blend = jax.tree.map(lambda a, b: share * a + (1 - share) * b, grads["l2"], grads["watson_dft"])
+  # Per leaf, relative to its norm: a bias gradient sums large per-pixel terms that cancel, so
+  # its float32 rounding is set by the terms, not by the (small) sum.
+  for got, want, scale in zip(
+    *(jax.tree.leaves(t) for t in (grads["blend"], blend, grads["watson_dft"])), strict=True
+  ):
+    assert np.linalg.norm(got - want) <= 1e-3 * np.linalg.norm(scale) + 1e-6
 
 
 def test_config_change_on_resume_is_refused():
