@@ -22,8 +22,7 @@ import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
-from models import vae as vae_models
-from train import data, digits, images, loop, metrics
+from train import data, digits, images, metrics
 from train import vae as vae_train
 
 # The test metrics of a run's last evaluation that its row repeats.
@@ -36,6 +35,7 @@ def evaluate(
   num_samples: int = 400,
   settings: digits.Settings | None = None,
   cache_dir: str | None = None,
+  run: tuple[Any, Any, Any] | None = None,
 ) -> dict[str, Any]:
   """The run's name, step and `train.digits.scores` of its latest checkpoint.
 
@@ -44,12 +44,13 @@ def evaluate(
     num_samples: prior samples drawn (with the run's seed, as at the end of its training).
     settings: the classifier's hyper-parameters (default `train.digits.Settings()`).
     cache_dir: the classifier cache (default `train.digits`'s).
+    run: `train.vae.load(workdir)` when the caller has it already.
 
   Returns:
     `{"workdir", "loss", "step", **train.digits.score_vae, **TEST_METRICS}` (the test metrics
     the run logged).
   """
-  config, model, state = vae_train.load(workdir)
+  config, model, state = run or vae_train.load(workdir)
   dataset = data.load(config.dataset, image_size=config.image_size, channels=config.channels)
   if not digits.applies(dataset):
     raise ValueError(
@@ -71,14 +72,15 @@ def evaluate(
   }
 
 
-def samples_figure(workdirs: list[str], path: str, *, count: int = 64, seed: int = 0) -> str:
-  """`count` prior samples of each run, decoded from the same codes, as grids side by side."""
+def samples_figure(
+  runs: list[tuple[Any, Any, Any]], path: str, *, count: int = 64, seed: int = 0
+) -> str:
+  """`count` prior samples of each run (`train.vae.load`'s triples), decoded from the same codes,
+  as grids side by side."""
   grids = []
-  for workdir in workdirs:
-    config, model, state = vae_train.load(workdir)
-    z = jax.random.normal(jax.random.key(seed), (count, config.latent))
-    variables = vae_train._variables(jax.device_get(state))
-    decoded = np.asarray(loop.apply(model, variables, z, method=vae_models.VAE.decode))
+  for config, model, state in runs:
+    _, decode = vae_train.coders(model, state)
+    decoded = np.asarray(decode(jax.random.normal(jax.random.key(seed), (count, config.latent))))
     grids.append(images.grid(decoded, columns=int(np.sqrt(count))))
   spacer = np.full((grids[0].shape[0], 6, grids[0].shape[-1]), 0.5, grids[0].dtype)
   row = np.concatenate([part for g in grids for part in (g, spacer)][:-1], axis=1)
@@ -89,12 +91,16 @@ def main(argv: list[str]) -> None:
   del argv
   if not FLAGS["verbosity"].present:  # stdout is JSON; orbax's INFO chatter goes unless asked for
     absl_logging.set_verbosity(absl_logging.WARNING)
-  rows = [evaluate(w, num_samples=FLAGS.num_samples) for w in FLAGS.workdir]
+  runs = [vae_train.load(w) for w in FLAGS.workdir]
+  rows = [
+    evaluate(w, num_samples=FLAGS.num_samples, run=run)
+    for w, run in zip(FLAGS.workdir, runs, strict=True)
+  ]
   for row in rows:
     print(json.dumps(row))
   if FLAGS.out:
     metrics.write_table(rows, FLAGS.out, "digits", title="Digit-classifier scores")
-    samples_figure(FLAGS.workdir, os.path.join(FLAGS.out, "samples.png"))
+    samples_figure(runs, os.path.join(FLAGS.out, "samples.png"))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import math
 import os
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -259,33 +260,40 @@ def metric_params(channels: int) -> dict[str, Any]:
   return params
 
 
+def coders(model: vae_models.VAE, state: TrainState) -> tuple[Callable, Callable]:
+  """`(encode, decode)` of a state, jitted once per model: images -> latent means, latents ->
+  images (for pictures, scoring and evaluation outside the train step)."""
+  variables = _variables(jax.device_get(state))
+  encode = lambda x: loop.apply(model, variables, x, method=vae_models.VAE.encode)[0]  # noqa: E731
+  decode = lambda z: loop.apply(model, variables, z, method=vae_models.VAE.decode)  # noqa: E731
+  return encode, decode
+
+
 def save_pictures(
   model: vae_models.VAE, state: TrainState, test: data.Split, workdir: str, *, seed: int
 ) -> dict[str, str]:
   """Reconstructions, samples, the latent manifold (2-d latents) and interpolations as PNGs."""
-  variables = _variables(jax.device_get(state))
-  encode = lambda v, x: loop.apply(model, v, x, method=vae_models.VAE.encode)[0]  # noqa: E731
-  decode = lambda v, z: loop.apply(model, v, z, method=vae_models.VAE.decode)  # noqa: E731
+  encode, decode = coders(model, state)
   x = test.gather(np.linspace(0, len(test) - 1, 32).astype(int))["image"]  # spread over the split
-  mu = encode(variables, x)
+  mu = encode(x)
   latent = mu.shape[-1]
   z = jax.random.normal(jax.random.key(seed), (64, latent))
   paths = {
     "reconstructions": images.save_grid(
       os.path.join(workdir, "reconstructions.png"),
-      images.side_by_side(x, np.asarray(decode(variables, mu)), columns=16),
+      images.side_by_side(x, np.asarray(decode(mu)), columns=16),
       columns=16,
       scale=2,
     ),
     "samples": images.save_grid(
-      os.path.join(workdir, "samples.png"), np.asarray(decode(variables, z)), columns=8, scale=2
+      os.path.join(workdir, "samples.png"), np.asarray(decode(z)), columns=8, scale=2
     ),
   }
   t = np.linspace(0.0, 1.0, 10)[None, :, None]
   pairs = jnp.asarray(mu[:8, None] * (1 - t) + mu[8:16, None] * t).reshape(-1, latent)
   paths["interpolations"] = images.save_grid(
     os.path.join(workdir, "interpolations.png"),
-    np.asarray(decode(variables, pairs)),
+    np.asarray(decode(pairs)),
     columns=10,
     scale=2,
   )
@@ -295,7 +303,7 @@ def save_pictures(
     grid = grid[:, ::-1]  # rows vary z_1 (top = +1.5), columns vary z_0
     paths["manifold"] = images.save_grid(
       os.path.join(workdir, "manifold.png"),
-      np.asarray(decode(variables, grid)),
+      np.asarray(decode(grid)),
       columns=15,
       scale=2,
     )
@@ -341,12 +349,10 @@ def digit_scores(
 ) -> dict[str, float]:
   """`train.digits.score_vae` of a state: its reconstructions of `test` (from the mean code) and
   `num_samples` prior samples drawn with `key(seed)`, labelled by the digit classifier."""
-  variables = _variables(jax.device_get(state))
   batch = test.gather(np.arange(len(test)))
   return digits.score_vae(
     classifier,
-    lambda x: loop.apply(model, variables, x, method=vae_models.VAE.encode)[0],
-    lambda z: loop.apply(model, variables, z, method=vae_models.VAE.decode),
+    *coders(model, state),
     batch["image"],
     batch["label"],
     key=jax.random.key(seed),

@@ -1,11 +1,12 @@
 """eval.digits: a finished train.vae run scored by the digit classifier."""
 
+import jax
 import numpy as np
 import PIL.Image
 import pytest
 
 from eval import digits as eval_digits
-from train import data, digits, metrics
+from train import data, digits, images, metrics
 from train import vae as vae_train
 
 QUICK = dict(progress=False, test_metrics=False, eval_examples=64)
@@ -37,11 +38,16 @@ def test_samples_figure_puts_runs_side_by_side(tmp_path):
       loss=loss, arch="tiny", workdir=str(tmp_path / loss), max_steps=1, **QUICK
     )
     vae_train.train(config)
-    runs.append(config.workdir)
+    runs.append(vae_train.load(config.workdir))
   path = eval_digits.samples_figure(runs, str(tmp_path / "samples.png"), count=16)
   figure = np.asarray(PIL.Image.open(path))
   grid = 4 * (32 + 2) + 2  # 16 samples of 32x32 in a 4x4 grid, 2 px between and around
   assert figure.shape[:2] == (2 * grid, 2 * (2 * grid + 6))  # scale 2, a 6 px spacer
+  for i, (config, model, state) in enumerate(runs):  # each panel: that run's decoded codes
+    z = jax.random.normal(jax.random.key(0), (16, config.latent))
+    expected = images.grid(np.asarray(vae_train.coders(model, state)[1](z)), columns=4)
+    panel = figure[::2, ::2][:, i * (grid + 6) : i * (grid + 6) + grid]
+    np.testing.assert_allclose(panel.reshape(expected.shape) / 255, expected, atol=1 / 255)
 
 
 def test_evaluate_refuses_a_run_on_other_data(tmp_path):
