@@ -202,20 +202,35 @@ def _pool(d: jax.Array, beta: jax.Array, mask: jax.Array | None) -> jax.Array:
 
 
 def _angle(dot: jax.Array, cross: jax.Array, norm: jax.Array) -> jax.Array:
-  """atan2(cross, dot) in [0, pi] for cross >= 0 and norm = |z0| |z1|, smoothed at 0 and pi as
-  the reference's acos guard, without atan2 or acos (the bounded derivative's stand-in).
+  """atan2(cross, dot) in [0, pi] for cross >= 0 and norm = |z0| |z1|, without atan2 or acos,
+  its derivative rounded off as the reference's acos guard (the bounded derivative's stand-in).
 
   Half-angle form: with cos = dot / norm and sin = cross / norm, t = sin / (1 + |cos|) =
   cross / (norm + |dot|) in [0, 1] is tan(theta / 2) for cos >= 0 and tan(pi / 2 - theta / 2)
   for cos < 0; one division, one polynomial, one select.
   """
-  half = 2 * _atan01(cross / (norm + jnp.abs(dot)))  # the distance from the nearer of 0 and pi
-  # Rounded off (quadratic) below the reference's acos guard, 4.5e-4 rad (see `_guarded_angle`):
-  # a phase difference at the level of rounding noise gets almost no gradient, whatever its sign.
-  # 0 at theta = 0, where the gates' derivatives multiply it.
-  guard = 4.5e-4
-  guarded = jnp.where(half < guard, half * half * (0.5 / guard), half - 0.5 * guard)
-  return jnp.where(dot < 0, np.pi - guarded, guarded)
+  near = _guarded_half_angle(cross / (norm + jnp.abs(dot)))  # from the nearer of 0 and pi
+  return jnp.where(dot < 0, np.pi - near, near)
+
+
+_GUARD = 4.5e-4  # rad: the reference's acos guard (see `_guarded_angle`)
+
+
+@jax.custom_jvp
+def _guarded_half_angle(t: jax.Array) -> jax.Array:
+  """2 atan(t) on [0, 1] (0 at t = 0, where the gates' derivatives multiply it), differentiated
+  with a slope that falls linearly to 0 below the acos guard: a phase difference at the level of
+  rounding noise gets almost no gradient, whatever its sign. A factor in the derivative, not a
+  select in the value (which XLA differentiated as two branches)."""
+  return 2 * t * _horner(_ATAN_POLY, t * t)
+
+
+@_guarded_half_angle.defjvp
+def _guarded_half_angle_jvp(primals, tangents):
+  (t,), (dt,) = primals, tangents
+  angle = _guarded_half_angle(t)
+  slope = _horner(tuple(2 * (2 * k + 1) * c for k, c in enumerate(_ATAN_POLY)), t * t)
+  return angle, slope * jnp.minimum(angle * (1 / _GUARD), 1) * dt
 
 
 def _horner(coefficients: tuple[float, ...], u: jax.Array) -> jax.Array:
