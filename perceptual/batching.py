@@ -9,9 +9,9 @@ forward pass under differentiation computes each chunk's values and input gradie
 while the chunk is in cache (image i's gradient is its cotangent times the gradient of its own
 value), and the backward pass only scales them. Otherwise (per-pixel outputs such as the SSIM map,
 or gradients w.r.t. shared arguments such as Watson parameters being fitted) the backward pass
-recomputes each chunk's forward and gradient, summing the shared gradients over chunks. On other
-backends, and for batches that fit one chunk, it is a plain call: accelerators want the whole
-batch at once.
+recomputes each chunk's forward and gradient, summing the shared gradients over chunks. Only
+programs lowered for CPU are chunked (`lowering.per_platform`): those lowered for GPU or TPU
+evaluate the whole batch at once, with no loop, as do batches that fit one chunk.
 
 With one device, chunks are contiguous runs of the batch (a free reshape). With several, chunk k
 holds images k, k + n, k + 2n, ... of a batch split into n chunks, so that a batch sharded over
@@ -28,21 +28,21 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from perceptual import lowering
+
 # Elements of one image's largest input per chunk. Measured on one core of an AMD EPYC (B = 128,
 # 64x64, forward + gradient): SSIM, MS-SSIM and Watson-DFT run 2-3x faster with chunks of 2^14-2^16
 # elements than on the whole batch; see eval/benchmark_metrics.py.
 CHUNK_ELEMENTS = 2**15
 
 
-def images_per_chunk(batch: int, elements_per_image: int, *, backend: str | None = None) -> int:
-  """How many images `map_batch` evaluates at once: the whole batch except on CPU."""
-  if (backend or jax.default_backend()) != "cpu":
-    return batch
+def images_per_chunk(batch: int, elements_per_image: int) -> int:
+  """How many images `map_batch` evaluates at once in a program lowered for CPU."""
   return max(1, min(batch, CHUNK_ELEMENTS // max(elements_per_image, 1)))
 
 
 def map_batch(fn: Callable[[Any, Any], Any], batched: Any, *, shared: Any = ()) -> Any:
-  """`fn(batched, shared)`, evaluated chunk by chunk along the leading (batch) axis.
+  """`fn(batched, shared)`, evaluated chunk by chunk along the leading (batch) axis on CPU.
 
   Args:
     fn: a function of a pytree of per-image arrays `[b, ...]` and a pytree of shared arrays,
@@ -81,9 +81,16 @@ def map_batch(fn: Callable[[Any, Any], Any], batched: Any, *, shared: Any = ()) 
       return jax.tree.map(lambda v: v.reshape(-1, *v.shape[2:])[:batch], tree)
     return jax.tree.map(lambda v: jnp.swapaxes(v, 0, 1).reshape(-1, *v.shape[2:])[:batch], tree)
 
+  def in_chunks(per_chunk, *trees):
+    """`per_chunk(*trees)` on CPU as a loop over chunks; elsewhere on the whole batch."""
+    looped = lambda *trees: merge(
+      jax.lax.map(lambda parts: per_chunk(*parts), split(trees, "edge"))
+    )
+    return lowering.per_platform(trees, cpu=looped, default=per_chunk)
+
   @jax.custom_vjp
   def chunked(batched, shared):
-    return merge(jax.lax.map(lambda part: fn(part, shared), split(batched, "edge")))
+    return in_chunks(lambda part: fn(part, shared), batched)
 
   def chunked_fwd(batched, shared):
     (batched, batched_perturbed), (shared, shared_perturbed) = _unwrap(batched), _unwrap(shared)
@@ -106,11 +113,11 @@ def map_batch(fn: Callable[[Any, Any], Any], batched: Any, *, shared: Any = ()) 
       value, vjp = jax.vjp(of_wanted, [part[i] for i in wanted])
       return value, vjp(jnp.ones_like(value))[0]
 
-    value, grads = jax.lax.map(value_and_grads, split(leaves, "edge"))
+    value, grads = in_chunks(value_and_grads, leaves)
     per_leaf = [None] * len(leaves)
-    for i, grad in zip(wanted, merge(grads), strict=True):
+    for i, grad in zip(wanted, grads, strict=True):
       per_leaf[i] = grad
-    return merge(value), (None, None, per_leaf)
+    return value, (None, None, per_leaf)
 
   def chunked_bwd(residuals, ct):
     batched, shared, grads = residuals
@@ -118,15 +125,21 @@ def map_batch(fn: Callable[[Any, Any], Any], batched: Any, *, shared: Any = ()) 
       scale = lambda g: g * ct.reshape(-1, *[1] * (g.ndim - 1)).astype(g.dtype)
       return jax.tree.unflatten(tree, [None if g is None else scale(g) for g in grads]), None
 
-    def step(total, part_and_ct):
-      part, part_ct = part_and_ct
-      _, vjp = jax.vjp(fn, part, shared)
-      d_part, d_shared = vjp(part_ct)
-      return jax.tree.map(jnp.add, total, d_shared), d_part
+    def whole(batched, ct):
+      _, vjp = jax.vjp(fn, batched, shared)
+      return vjp(ct)
 
-    zeros = jax.tree.map(jnp.zeros_like, shared)
-    d_shared, d_parts = jax.lax.scan(step, zeros, (split(batched, "edge"), split(ct, "constant")))
-    return merge(d_parts), d_shared
+    def looped(batched, ct):
+      def step(total, part_and_ct):
+        d_part, d_shared = whole(*part_and_ct)
+        return jax.tree.map(jnp.add, total, d_shared), d_part
+
+      zeros = jax.tree.map(jnp.zeros_like, shared)
+      parts = (split(batched, "edge"), split(ct, "constant"))
+      d_shared, d_parts = jax.lax.scan(step, zeros, parts)
+      return merge(d_parts), d_shared
+
+    return lowering.per_platform((batched, ct), cpu=looped, default=whole)
 
   chunked.defvjp(chunked_fwd, chunked_bwd, symbolic_zeros=True)
   return chunked(batched, shared)

@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from perceptual import lowering
+
 
 @functools.cache
 def gaussian_kernel(size: int, sigma: float) -> np.ndarray:
@@ -113,16 +115,40 @@ def _taps_and_padded(x, kernel, padding, spatial):
 
 
 def materialized(f, x: jax.Array) -> jax.Array:
-  """`f(x)`, computed once into a buffer that its consumers read.
+  """`f(x)`, computed once into a buffer that its consumers read, in programs lowered for CPU.
 
-  XLA fuses a cheap producer (here the last filter pass, slices and adds) into each consumer and
-  recomputes it there. SSIM's gradient needs all four filtered statistics at every output of
+  XLA:CPU fuses a cheap producer (here the last filter pass, slices and adds) into each consumer
+  and recomputes it there. SSIM's gradient needs all four filtered statistics at every output of
   each of four cotangent planes, so the 11-tap sum was evaluated 4-5 times over; forward and
-  backward took 3x longer. A conditional is a fusion boundary on every backend, and a predicate
-  behind an optimization barrier is not constant-folded away; both branches are `f`, so the
-  predicate's value does not matter. (It is unbatched, so `vmap` keeps the conditional.)
+  backward took 3x longer. On CPU `f` and its transpose run inside a conditional, a fusion
+  boundary for XLA, whose predicate is hidden behind an optimization barrier (so it is not
+  folded away); both branches are `f`, so the predicate's value does not matter. Programs
+  lowered for GPU or TPU call `f` plainly (`lowering.per_platform`). Supports `grad` and `vmap`,
+  not forward-mode `jvp`.
   """
+  return _materialized(f, x)
+
+
+def _in_conditional(f, x):
   return jax.lax.cond(jax.lax.optimization_barrier(np.bool_(True)), f, f, x)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _materialized(f, x):
+  return lowering.per_platform((x,), cpu=lambda x: _in_conditional(f, x), default=f)
+
+
+def _materialized_fwd(f, x):
+  return _materialized(f, x), jax.vjp(f, x)[1]  # f's own primal is dead code
+
+
+def _materialized_bwd(f, vjp, ct):
+  transpose = lambda vjp, ct: vjp(ct)[0]
+  cpu = lambda vjp, ct: _in_conditional(lambda c: transpose(vjp, c), ct)
+  return (lowering.per_platform((vjp, ct), cpu=cpu, default=transpose),)
+
+
+_materialized.defvjp(_materialized_fwd, _materialized_bwd)
 
 
 def _shift_sum(x: jax.Array, taps: tuple[float, ...], axis: int, step: int) -> jax.Array:
