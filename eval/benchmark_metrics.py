@@ -36,42 +36,20 @@ on its own threads, were sometimes handed back to the system and faulted in agai
 process's earlier allocations. `--malloc=default` measures with the defaults on both sides.
 """
 
+import argparse
+import json
 import os
+import platform
+import subprocess
 import sys
+import time
 
-from train import xla_cpu  # imports no JAX backend
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-
-def _set_threads_before_jax(argv: list[str]) -> int:
-  """`--threads=1` must reach XLA before jax is imported: flags are read once. Likewise the
-  allocator setting (`--malloc`), which counts only before JAX starts its threads."""
-  threads = 0
-  for arg in argv:
-    if arg.startswith("--threads="):
-      threads = int(arg.split("=", 1)[1])
-  if threads == 1:
-    os.environ["XLA_FLAGS"] = (
-      os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-    ).strip()
-  pairs = zip(argv, [*argv[1:], ""], strict=True)
-  if not any(a == "--malloc=default" or (a, b) == ("--malloc", "default") for a, b in pairs):
-    xla_cpu.reuse_freed_memory()
-  return threads
-
-
-_THREADS = _set_threads_before_jax(sys.argv)
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-import perceptual  # noqa: E402
+import perceptual
+from train import xla_cpu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUBS = os.path.join(ROOT, "tools", "golden", "stubs")
@@ -174,8 +152,8 @@ PEERS_TODAY = (
 class Peers:
   """The torch peers in a subprocess, one timed call per request."""
 
-  def __init__(self, python: str, *, tuned_malloc: bool):
-    env = dict(os.environ, STUBS=STUBS, THREADS=str(_THREADS))
+  def __init__(self, python: str, *, threads: int, tuned_malloc: bool):
+    env = dict(os.environ, STUBS=STUBS, THREADS=str(threads))
     if tuned_malloc:
       env.update(xla_cpu.MALLOC_ENV)
     self.proc = subprocess.Popen(
@@ -284,20 +262,28 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument(
     "--malloc",
     choices=("tuned", "default"),
-    default="tuned",
-    help="tuned: glibc keeps freed memory, here and in the peer (train.xla_cpu); default: as is",
+    default="default",
+    help="default: glibc as a library user has it; tuned: glibc keeps freed memory, here and in "
+    "the peer (train.xla_cpu, as python -m train.<model> runs)",
   )
   args = parser.parse_args(argv)
+  # Before the first computation starts JAX's backend: XLA reads its flags once.
+  if args.threads == 1:
+    xla_cpu.one_thread()
+  if args.malloc == "tuned":
+    xla_cpu.reuse_freed_memory()
 
   names = args.losses or ["l1", "l2"] + [n for n in perceptual.LOSSES if n not in SKIP_BY_DEFAULT]
   if "l2" not in names:
     names = ["l2"] + names
   peers = (
-    Peers(args.peers_python, tuned_malloc=args.malloc == "tuned") if args.peers_python else None
+    Peers(args.peers_python, threads=args.threads, tuned_malloc=args.malloc == "tuned")
+    if args.peers_python
+    else None
   )
   print(f"jax {jax.__version__}, {jax.devices()[0].platform}, {platform.processor() or '?'}")
   print(
-    f"threads: {'1 (XLA_FLAGS=' + os.environ['XLA_FLAGS'] + ')' if _THREADS == 1 else 'all'}; "
+    f"threads: {'1 (XLA_FLAGS=' + os.environ['XLA_FLAGS'] + ')' if args.threads == 1 else 'all'}; "
     f"cpus {os.cpu_count()}; load average {os.getloadavg()}; malloc {args.malloc}"
   )
   if peers:

@@ -18,40 +18,20 @@ this run (`PEER_VAE`: written from the description in ../shared/reference/WATSON
 Adam, the same batch and threads), and `vs torch` is our rate over that peer's.
 """
 
+import argparse
+import json
 import os
+import platform
+import subprocess
 import sys
+import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-def _set_threads_before_jax(argv: list[str]) -> int | None:
-  """`--threads=1` must reach XLA before jax is imported: flags are read once."""
-  for arg in argv:
-    if arg.startswith("--threads="):
-      threads = int(arg.split("=", 1)[1])
-      if threads == 1:
-        os.environ["XLA_FLAGS"] = (
-          os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-        ).strip()
-      return threads
-  return None
-
-
-_THREADS = _set_threads_before_jax(sys.argv)
-from train import xla_cpu  # noqa: E402
-
-_TUNED = xla_cpu.apply()  # what `python -m train.<model>` runs with
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-import perceptual  # noqa: E402
-from train import loop, sharding, vae  # noqa: E402
+import perceptual
+from train import loop, sharding, vae, xla_cpu
 
 # The PyTorch peer: the authors' VAE architectures (convs 3x3 pad 1, LeakyReLU 0.01, bilinear
 # align_corners upsampling) trained with the summed L2 loss + KLD and Adam, timed like ours.
@@ -175,10 +155,13 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--repeats", type=int, default=5, help="timed blocks (median and best)")
   parser.add_argument("--peers-python", default="", help="python with torch: time PEER_VAE too")
   args = parser.parse_args(argv)
+  if args.threads == 1:  # before the first computation: XLA reads its flags once
+    xla_cpu.one_thread()
+  tuning = xla_cpu.apply()  # what `python -m train.<model>` runs with
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({platform.processor() or '?'}),")
   flags = os.environ.get("XLA_FLAGS", "")
-  print(f"  threads: {'1' if _THREADS == 1 else 'all'}; XLA_FLAGS={flags!r}")
-  print(f"  train.xla_cpu tuning {'in effect' if _TUNED else 'NOT applied (see train/xla_cpu.py)'}")
+  print(f"  threads: {'1' if args.threads == 1 else 'all'}; XLA_FLAGS={flags!r}")
+  print(f"  {tuning}")
   print(f"  os.cpu_count={os.cpu_count()} load average={os.getloadavg()}")
   print("  images/s = batch / s per step; steady state after compile + 3 warm-up steps;")
   print(
@@ -197,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     for batch in batches:
       peer_rate = None
       if args.peers_python:
-        p = measure_peer(args.peers_python, arch, batch, _THREADS, args.steps, args.repeats)
+        p = measure_peer(args.peers_python, arch, batch, args.threads, args.steps, args.repeats)
         peer_rate, torch_version = batch / p["s_med"], p["torch"]
       for loss_name in args.loss:
         r = measure(arch, loss_name, batch, steps=args.steps, repeats=args.repeats)

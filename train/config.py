@@ -83,10 +83,11 @@ def run(cls: type, main: Any) -> None:
   """The body of an entry point's `__main__`: flags from `cls`, then `main(cls(**flags))`.
 
   Library INFO logs (orbax's checkpoint chatter, JAX's backend probing) are hidden; the trainers
-  report progress on stdout. `--verbosity=0` shows them again. XLA's CPU backend is tuned for
-  training first (`train.xla_cpu`).
+  report progress on stdout. `--verbosity=0` shows them again. When the run's backend will be
+  CPU, XLA and glibc's malloc are tuned for training first (`train.xla_cpu`), which the run's
+  first line says.
   """
-  xla_cpu.apply()
+  tuning = xla_cpu.apply()
   define_flags(cls)
 
   def _main(argv: list[str]) -> None:
@@ -94,6 +95,7 @@ def run(cls: type, main: Any) -> None:
       raise app.UsageError(f"unexpected positional arguments {argv[1:]}; flags are --name=value.")
     if not flags.FLAGS["verbosity"].present:
       absl_logging.set_verbosity(absl_logging.WARNING)
+    print(tuning, flush=True)
     main(from_flags(cls))  # its result is dropped: absl would print it and exit with status 1
 
   app.run(_main)

@@ -10,9 +10,13 @@ Keeping YNNPACK for individual dots only takes the fast path of each: the MNIST 
 
 The setting is an environment variable read once, when JAX initialises its backend; `apply()`
 therefore only helps before the first computation (the `python -m train.<model>` entry points
-call it first; in a notebook, call it in the first cell). It is a no-op when XLA_FLAGS already
-chooses YNNPACK's fusions, and for jaxlib versions not checked to know the flag (an unknown flag
-in XLA_FLAGS aborts the process).
+call it first; in a notebook, call it in the first cell). Nothing happens at import. `apply()`
+changes nothing when the run's backend will not be CPU (JAX_PLATFORMS names another platform
+first, or an accelerator plugin (CUDA, ROCm, TPU) is installed), when JAX's backend has already
+started, when XLA_FLAGS already chooses YNNPACK's fusions or the environment tunes glibc's malloc
+(the user's choice wins), and for jaxlib versions not checked to know the flag (an unknown flag
+in XLA_FLAGS aborts the process). It returns one line saying what it did, which the entry points
+print.
 
 `apply()` also makes glibc's malloc keep freed memory for reuse (`reuse_freed_memory`): XLA
 allocates each step's buffers afresh on its own threads, and glibc serves allocations above
@@ -23,6 +27,8 @@ the pages are reused: 5,200 faults, 16 ms, the step 7-8 % faster.
 """
 
 import ctypes
+import importlib.metadata
+import importlib.util
 import os
 import sys
 
@@ -40,21 +46,57 @@ def _jaxlib_version() -> tuple[int, int] | None:
   return major, minor
 
 
-def apply() -> bool:
-  """Adds `FLAG` to XLA_FLAGS if it is safe and not overridden; returns whether it is in effect.
+# Packages whose presence makes JAX pick an accelerator backend by default.
+_ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "libtpu")
 
-  Also calls `reuse_freed_memory()`.
-  """
-  reuse_freed_memory()
-  flags = os.environ.get("XLA_FLAGS", "")
-  if "xla_cpu_experimental_ynn_fusion_type" in flags:
-    return FLAG in flags.split()
-  version = _jaxlib_version()
-  if version is None or not _CHECKED[0] <= version <= _CHECKED[1]:
+
+def backend_will_be_cpu() -> bool:
+  """Whether JAX, not yet started, will run on CPU (judged without starting it)."""
+  chosen = os.environ.get("JAX_PLATFORMS") or os.environ.get("JAX_PLATFORM_NAME") or ""
+  if chosen.strip():
+    return chosen.split(",")[0].strip().lower() == "cpu"
+  if importlib.metadata.entry_points(group="jax_plugins"):
     return False
-  # First: XLA's parser ignores whatever follows a token that is not a flag.
-  os.environ["XLA_FLAGS"] = f"{FLAG} {flags}".strip()
-  return True
+  return not any(importlib.util.find_spec(name) for name in _ACCELERATOR_PLUGINS)
+
+
+def _jax_started() -> bool:
+  bridge = sys.modules.get("jax._src.xla_bridge")
+  return bool(getattr(bridge, "_backends", None))
+
+
+def apply() -> str:
+  """Tunes this process for XLA:CPU training if its backend will be CPU; says what it did.
+
+  Adds `FLAG` to XLA_FLAGS (if safe and not overridden) and calls `reuse_freed_memory()`.
+  """
+  if not backend_will_be_cpu():
+    return "XLA CPU tuning: not applied (the backend will not be CPU)"
+  if _jax_started():
+    return "XLA CPU tuning: not applied (JAX had already started its backend)"
+  done = []
+  if reuse_freed_memory():
+    done.append("glibc malloc keeps freed memory")
+  flags = os.environ.get("XLA_FLAGS", "")
+  version = _jaxlib_version()
+  if "xla_cpu_experimental_ynn_fusion_type" in flags:
+    pass  # the user's own choice
+  elif version is not None and _CHECKED[0] <= version <= _CHECKED[1]:
+    # First: XLA's parser ignores whatever follows a token that is not a flag.
+    os.environ["XLA_FLAGS"] = f"{FLAG} {flags}".strip()
+    done.append(f"XLA_FLAGS={FLAG}")
+  if not done:
+    return "XLA CPU tuning: not applied (set by the environment, or jaxlib not checked)"
+  return f"XLA CPU tuning (train.xla_cpu): {'; '.join(done)}"
+
+
+def one_thread() -> None:
+  """XLA:CPU on one thread (the benchmarks' `--threads=1`); only before JAX starts its backend."""
+  if _jax_started():
+    raise RuntimeError("one_thread() must run before JAX starts its backend (first computation).")
+  flags = os.environ.get("XLA_FLAGS", "")
+  if "xla_cpu_multi_thread_eigen" not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's mallopt parameters
