@@ -64,6 +64,12 @@ import torch
 if os.environ.get("THREADS") == "1":
   torch.set_num_threads(1)
 import pytorch_msssim, piq
+try:
+  import piqa
+except ImportError:
+  piqa = None
+DEVICE = torch.device(os.environ.get("DEVICE", "cpu"))
+CUDA = DEVICE.type == "cuda"
 EPS = 1e-10
 def watson_dft_reference(x, y):
   # The authors' Watson-DFT as ../shared/reference/WATSON.md describes it (written from that
@@ -71,12 +77,13 @@ def watson_dft_reference(x, y):
   # tensor parameters of a trained set's shapes (values matter little for the time).
   c = x.shape[1]
   if c == 3:
-    m = torch.tensor([[.299, .587, .114], [-.1687, -.3313, .5], [.5, -.4187, -.0813]])
-    off = torch.tensor([0.0, 0.5, 0.5]).view(1, 3, 1, 1)
+    m = [[.299, .587, .114], [-.1687, -.3313, .5], [.5, -.4187, -.0813]]
+    m = torch.tensor(m, device=DEVICE)
+    off = torch.tensor([0.0, 0.5, 0.5], device=DEVICE).view(1, 3, 1, 1)
     x, y = torch.einsum("ij,bjhw->bihw", m, x) + off, torch.einsum("ij,bjhw->bihw", m, y) + off
   weights = torch.softmax(torch.zeros(3), 0) if c == 3 else torch.ones(1)
-  t, alpha, w, beta = torch.ones(8, 5), torch.tensor(0.15), torch.tensor(0.3), torch.tensor(0.6)
-  w_phase = torch.full((8, 5), 0.1)
+  t, alpha, w, beta = torch.ones(8, 5, device=DEVICE), 0.15, 0.3, 0.6
+  w_phase = torch.full((8, 5), 0.1, device=DEVICE)
   w_phase[0, 0] = w_phase[0, 4] = w_phase[4, 0] = w_phase[4, 4] = 0.0
   def blocks(z):
     b, h, w_ = z.shape
@@ -98,10 +105,10 @@ def watson_dft_reference(x, y):
     phase = (w_phase * torch.acos(torch.cos(ph0 - ph1) * (1 - 1e-7))).sum((1, 2, 3))
     total = total + weights[ch] * (watson + phase)
   return total
-def make(name, b, h, c):
+def make(name, b, h, w, c):
   g = torch.Generator().manual_seed(0)
-  x = torch.rand(b, c, h, h, generator=g)
-  y = torch.rand(b, c, h, h, generator=g).requires_grad_(True)
+  x = torch.rand(b, c, h, w, generator=g).to(DEVICE)
+  y = torch.rand(b, c, h, w, generator=g).to(DEVICE).requires_grad_(True)
   if name == "pytorch_msssim.ssim":
     f = lambda: 1 - pytorch_msssim.ssim(x, y, data_range=1.0, size_average=False)
   elif name == "pytorch_msssim.ms_ssim":
@@ -110,35 +117,51 @@ def make(name, b, h, c):
     f = lambda: watson_dft_reference(x, y)
   elif name == "piq.gmsd":
     f = lambda: piq.gmsd(x, y, data_range=1.0, reduction="none")
+  elif name == "piqa.ssim":
+    module = piqa.SSIM(n_channels=c, reduction="none").to(DEVICE)
+    f = lambda: 1 - module(x, y)
+  elif name == "piqa.ms_ssim":
+    module = piqa.MS_SSIM(n_channels=c, reduction="none").to(DEVICE)
+    f = lambda: 1 - module(x, y)
   else:
     raise KeyError(name)
   def step():
     y.grad = None
     f().sum().backward()
+    if CUDA:
+      torch.cuda.synchronize()
   return step
+def peak_mb(step):  # one call's peak: CUDA's allocator peak, or the growth of the peak RSS
+  if CUDA:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    return torch.cuda.max_memory_allocated() / 2**20
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  step()
+  return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
 cache = {}
 for line in sys.stdin:
   req = json.loads(line)
   if "versions" in req:
-    out = {"torch": torch.__version__, "piq": piq.__version__,
-           "pytorch_msssim": getattr(pytorch_msssim, "__version__", "?")}
+    out = {"torch": torch.__version__, "piq": piq.__version__, "device": str(DEVICE),
+           "pytorch_msssim": getattr(pytorch_msssim, "__version__", "?"),
+           "piqa": getattr(piqa, "__version__", None)}
   else:
     key = tuple(req["case"])
     if key not in cache:
       cache[key] = make(*key)
-      before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-      cache[key]()
-      cache[key + ("rss",)] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+      cache[key + ("mem",)] = peak_mb(cache[key])
     w, c = time.perf_counter(), time.process_time()
     cache[key]()
     out = {"ms": (time.perf_counter() - w) * 1e3, "cpu_ms": (time.process_time() - c) * 1e3,
-           "rss_growth_mb": cache[key + ("rss",)]}
+           "mem_mb": cache[key + ("mem",)]}
   print(json.dumps(out), flush=True)
 """
 
 PEERS = {  # our registry name -> peer implementations of the same metric
-  "ssim": ("pytorch_msssim.ssim", "dm_pix.ssim"),
-  "ms_ssim": ("pytorch_msssim.ms_ssim",),
+  "ssim": ("pytorch_msssim.ssim", "piqa.ssim", "dm_pix.ssim"),
+  "ms_ssim": ("pytorch_msssim.ms_ssim", "piqa.ms_ssim"),
   "gmsd": ("piq.gmsd",),
   "watson_dft": ("reference.watson_dft",),  # the authors' formula in torch, see PEER_SERVER
 }
@@ -152,8 +175,8 @@ PEERS_TODAY = (
 class Peers:
   """The torch peers in a subprocess, one timed call per request."""
 
-  def __init__(self, python: str, *, threads: int, tuned_malloc: bool):
-    env = dict(os.environ, STUBS=STUBS, THREADS=str(threads))
+  def __init__(self, python: str, *, threads: int, tuned_malloc: bool, device: str = "cpu"):
+    env = dict(os.environ, STUBS=STUBS, THREADS=str(threads), DEVICE=device)
     if tuned_malloc:
       env.update(xla_cpu.MALLOC_ENV)
     self.proc = subprocess.Popen(
@@ -255,6 +278,12 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--peers-python", default="", help="python of a venv with torch peers")
   parser.add_argument("--no-ms-ssim-case", action="store_true")
   parser.add_argument(
+    "--large",
+    action=argparse.BooleanOptionalAction,
+    default=None,
+    help="also SSIM / MS-SSIM of one 1080x1920 and one 2160x3840 RGB image (default: on GPU/TPU)",
+  )
+  parser.add_argument(
     "--scaling",
     action="store_true",
     help="also time ssim, ms_ssim, gmsd, watson_dft on grey 64..512 px images (2^19 pixels each)",
@@ -276,18 +305,26 @@ def main(argv: list[str] | None = None) -> None:
   names = args.losses or ["l1", "l2"] + [n for n in perceptual.LOSSES if n not in SKIP_BY_DEFAULT]
   if "l2" not in names:
     names = ["l2"] + names
+  on_accelerator = jax.default_backend() != "cpu"
   peers = (
-    Peers(args.peers_python, threads=args.threads, tuned_malloc=args.malloc == "tuned")
+    Peers(
+      args.peers_python,
+      threads=args.threads,
+      tuned_malloc=args.malloc == "tuned",
+      device="cuda" if jax.default_backend() == "gpu" else "cpu",
+    )
     if args.peers_python
     else None
   )
+  compile_s = {}
   print(f"jax {jax.__version__}, {jax.devices()[0].platform}, {platform.processor() or '?'}")
   print(
     f"threads: {'1 (XLA_FLAGS=' + os.environ['XLA_FLAGS'] + ')' if args.threads == 1 else 'all'}; "
     f"cpus {os.cpu_count()}; load average {os.getloadavg()}; malloc {args.malloc}"
   )
+  peer_versions = peers.ask({"versions": 1}) if peers else {}
   if peers:
-    print(f"peers: {peers.ask({'versions': 1})} via {args.peers_python}")
+    print(f"peers: {peer_versions} via {args.peers_python}")
   try:
     import dm_pix
 
@@ -295,37 +332,45 @@ def main(argv: list[str] | None = None) -> None:
   except ImportError:
     dm_pix = None
 
-  cases = [(128, 64, 1), (128, 64, 3)]
+  cases = [(128, 64, 64, 1), (128, 64, 64, 3)]
   if not args.no_ms_ssim_case:
-    cases += [(32, 192, 1), (32, 192, 3)]
+    cases += [(32, 192, 192, 1), (32, 192, 192, 3)]
+  if args.large or (args.large is None and on_accelerator):
+    cases += [(1, 1080, 1920, 3), (1, 2160, 3840, 3)]
   rng = np.random.default_rng(0)
   rows = []
-  for b, h, c in cases:
-    x = jnp.asarray(rng.random((b, h, h, c), np.float32))
-    y = jnp.asarray(rng.random((b, h, h, c), np.float32))
-    if h == 192:
+  for b, h, w, c in cases:
+    x = jnp.asarray(rng.random((b, h, w, c), np.float32))
+    y = jnp.asarray(rng.random((b, h, w, c), np.float32))
+    if b == 1:  # one large photograph: the structural metrics
+      case_names = [n for n in ("l2", "ssim", "ms_ssim") if n in names]
+    elif h == 192:
       case_names = [n for n in ("l2", "ms_ssim") if n in names]
     else:
       case_names = [n for n in names if n in ("l1", "l2") or c in perceptual.LOSSES[n].channels]
     contenders = {}  # label -> (call, memory MB or None, metric)
     for name in case_names:
       f, params = _jitted(name, c)
+      start = time.perf_counter()
       compiled = f.lower(y, x, params).compile()
+      compile_s[(b, h, w, c, name)] = time.perf_counter() - start
       contenders[name] = ((lambda f=f, p=params, x=x, y=y: f(y, x, p)), _memory_mb(compiled), name)
-      for peer in PEERS.get(name, ()) if name != "ms_ssim" or h > 160 else ():
-        if peer == "dm_pix.ssim" and dm_pix is not None:
+      for peer in PEERS.get(name, ()) if name != "ms_ssim" or min(h, w) > 160 else ():
+        if peer == "dm_pix.ssim" and dm_pix is not None and b > 1:
           g = _dm_pix_ssim()
           mem = _memory_mb(g.lower(y, x, None).compile())
           contenders[peer] = ((lambda g=g, x=x, y=y: g(y, x, None)), mem, name)
         elif peers and peer.startswith(("pytorch_msssim", "piq", "reference.")):
-          request = {"case": [peer, b, h, c]}
+          if peer.startswith("piqa.") and not peer_versions.get("piqa"):
+            continue
+          request = {"case": [peer, b, h, w, c]}
           contenders[peer] = ((lambda r=request: peers.ask(r)), None, name)
     times = {label: [] for label in contenders}
     peer_mem = {}
     for label, (call, _, _) in contenders.items():  # warm-up (compile, caches)
       out = call()
       if isinstance(out, dict):
-        peer_mem[label] = out["rss_growth_mb"]
+        peer_mem[label] = out["mem_mb"]
       else:
         jax.block_until_ready(out)
     for _ in range(args.runs):  # interleaved: every contender once per repetition
@@ -340,7 +385,7 @@ def main(argv: list[str] | None = None) -> None:
       t = np.array(times[label])
       rows.append(
         dict(
-          case=f"B={b} {h}x{h}x{c}",
+          case=f"B={b} {h}x{w}x{c}",
           label=label,
           metric=metric,
           channels=c,
@@ -349,7 +394,8 @@ def main(argv: list[str] | None = None) -> None:
           cpu=float(np.median(t[:, 1])),
           ratio=float(np.median(t[:, 0]) / l2),
           mem=mem if mem is not None else peer_mem.get(label),
-          mem_kind="xla" if mem is not None else "rss",
+          mem_kind="xla" if mem is not None else "peer",
+          compile_s=compile_s.get((b, h, w, c, label)),
         )
       )
   if peers:
@@ -379,31 +425,48 @@ def _print_scaling(runs: int, sides=(64, 128, 256, 512)) -> None:
 
 def _print_table(rows: list[dict], args) -> None:
   print()
-  print(f"ms per iteration (forward + grad w.r.t. y), {args.runs} interleaved runs; ratio = /L2")
+  print(
+    f"ms per call (forward + grad w.r.t. y, steady state: compiled and warmed up), {args.runs} "
+    "interleaved runs; ratio = /L2; compile s = jit lower + compile, reported apart"
+  )
   header = (
-    f"{'case':18s} {'loss / peer':24s} {'wall med':>9s} {'best':>8s} {'cpu med':>8s} "
-    f"{'ratio':>6s} {'mem MB':>8s} {'speed-up wall / cpu':>19s}"
+    f"{'case':20s} {'loss / peer':24s} {'wall med':>9s} {'best':>8s} {'cpu med':>8s} "
+    f"{'ratio':>6s} {'mem MB':>8s} {'compile s':>9s} {'speed-up wall / cpu':>19s}"
   )
   print(header)
   print("-" * len(header))
   ours = {(r["case"], r["label"]): r for r in rows if r["label"] == r["metric"]}
+  fastest = {}  # (case, metric) -> the fastest peer's row
   for r in rows:
     speedup = ""
     if r["label"] != r["metric"]:
       mine = ours[(r["case"], r["metric"])]
       speedup = f"{r['med'] / mine['med']:7.1f}x {r['cpu'] / mine['cpu']:7.1f}x"
+      key = (r["case"], r["metric"])
+      if key not in fastest or r["med"] < fastest[key]["med"]:
+        fastest[key] = r
     mem = (
-      f"{r['mem']:7.1f}{'*' if r['mem_kind'] == 'rss' else ' '}"
+      f"{r['mem']:7.1f}{'*' if r['mem_kind'] == 'peer' else ' '}"
       if r["mem"] is not None
       else "      -"
     )
+    compiled = f"{r['compile_s']:9.2f}" if r.get("compile_s") is not None else f"{'':9s}"
     print(
-      f"{r['case']:18s} {r['label']:24s} {r['med']:9.1f} {r['best']:8.1f} {r['cpu']:8.1f} "
-      f"{r['ratio']:6.2f} {mem} {speedup:>19s}"
+      f"{r['case']:20s} {r['label']:24s} {r['med']:9.1f} {r['best']:8.1f} {r['cpu']:8.1f} "
+      f"{r['ratio']:6.2f} {mem} {compiled} {speedup:>19s}"
     )
   print(
-    "mem: XLA memory_analysis (args + outputs + temps); * = peer ru_maxrss growth (upper bound)"
+    "mem: ours = XLA memory_analysis (args + outputs + temps: what the executable allocates); "
+    "* = torch peer: CUDA allocator peak on GPU, ru_maxrss growth on CPU (an upper bound)"
   )
+  if fastest:
+    print()
+    print("speed-up over the fastest peer (median wall):")
+    for (case, metric), r in fastest.items():
+      times = r["med"] / ours[(case, metric)]["med"]
+      print(f"  {case:20s} {metric:12s} {times:6.1f}x  ({r['label']})")
+  if jax.default_backend() != "cpu":
+    return
   flops, bandwidth = machine_rates()
   per_pixel = ssim_flops_per_pixel()
   print()
@@ -413,6 +476,8 @@ def _print_table(rows: list[dict], args) -> None:
   )
   for r in rows:
     if r["label"] in ("ssim", "ms_ssim") and r["case"].endswith("x1"):
+      if "64x64" not in r["case"] and "192x192" not in r["case"]:
+        continue
       b, side = (128, 64) if "64x64" in r["case"] else (32, 192)
       pixels = b * side * side * (4 / 3 if r["label"] == "ms_ssim" else 1)
       bound = per_pixel * pixels / flops * 1e3

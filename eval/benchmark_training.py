@@ -19,6 +19,7 @@ Adam, the same batch and threads), and `vs torch` is our rate over that peer's.
 """
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -103,9 +104,13 @@ def measure_peer(python: str, arch: str, batch: int, threads: int, steps: int, r
 PEERS = {("mnist", "l2"): 80.0, ("mnist", "watson_dft"): 75.0, ("celeba", "l2"): 10.0}
 
 
-def measure(arch: str, loss_name: str, batch: int, *, steps: int, repeats: int) -> dict:
+def measure(
+  arch: str, loss_name: str, batch: int, *, steps: int, repeats: int, channels: int | None = None
+) -> dict:
   """Compile time and steady-state seconds per step (wall and process CPU) of one config."""
-  config = vae.resolve(vae.Config(arch=arch, loss=loss_name, batch_size=batch, progress=False))
+  config = vae.resolve(
+    vae.Config(arch=arch, loss=loss_name, batch_size=batch, channels=channels, progress=False)
+  )
   model, tx, state = vae.create(config, steps_per_epoch=100)
   loss = perceptual.LOSSES[loss_name]
   train_step, _ = vae.make_steps(model, tx, loss, config.loss_weight)
@@ -136,6 +141,7 @@ def measure(arch: str, loss_name: str, batch: int, *, steps: int, repeats: int) 
     arch=arch,
     loss=loss_name,
     batch=batch,
+    channels=config.channels,
     compile_s=compile_s,
     wall_med=float(np.median(walls)),
     wall_min=float(np.min(walls)),
@@ -150,6 +156,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--loss", nargs="*", default=["l2", "watson_dft"])
   parser.add_argument(
     "--batch", nargs="*", type=int, default=None, help="default: 64 and the arch's default"
+  )
+  parser.add_argument(
+    "--channels", nargs="*", type=int, default=None, help="default: the arch's (e.g. 1 3)"
   )
   parser.add_argument("--steps", type=int, default=20, help="steps per timed block")
   parser.add_argument("--repeats", type=int, default=5, help="timed blocks (median and best)")
@@ -168,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     "  img/s cpu = batch / process CPU s per step (with --threads=1 the fair figure under load)"
   )
   header = (
-    f"{'arch':7s} {'loss':11s} {'batch':>5s} {'compile s':>9s} {'ms/step':>8s} "
+    f"{'arch':7s} {'C':>1s} {'loss':11s} {'batch':>5s} {'compile s':>9s} {'ms/step':>8s} "
     f"{'img/s med':>9s} {'img/s best':>10s} {'cpu ms':>7s} {'img/s cpu':>9s} {'vs filed':>8s}"
     f"{' torch img/s  vs torch' if args.peers_python else ''}"
   )
@@ -182,28 +191,32 @@ def main(argv: list[str] | None = None) -> None:
       if args.peers_python:
         p = measure_peer(args.peers_python, arch, batch, args.threads, args.steps, args.repeats)
         peer_rate, torch_version = batch / p["s_med"], p["torch"]
-      for loss_name in args.loss:
-        r = measure(arch, loss_name, batch, steps=args.steps, repeats=args.repeats)
+      for channels, loss_name in itertools.product(args.channels or [None], args.loss):
+        r = measure(
+          arch, loss_name, batch, steps=args.steps, repeats=args.repeats, channels=channels
+        )
         results.append(r)
         rate, best = batch / r["wall_med"], batch / r["wall_min"]
         filed = PEERS.get((arch, loss_name)) or PEERS.get((arch, "l2"))
         versus = f"{rate / filed:7.2f}x" if filed and batch == 64 else "       -"
-        same_run = f" {peer_rate:11.1f} {rate / peer_rate:8.2f}x" if peer_rate else ""
+        same_arch = peer_rate and r["channels"] == vae.PRESETS[arch]["channels"]
+        same_run = f" {peer_rate:11.1f} {rate / peer_rate:8.2f}x" if same_arch else ""
         print(
-          f"{arch:7s} {loss_name:11s} {batch:5d} {r['compile_s']:9.1f} {r['wall_med'] * 1e3:8.1f} "
+          f"{arch:7s} {r['channels']:1d} {loss_name:11s} {batch:5d} {r['compile_s']:9.1f} "
+          f"{r['wall_med'] * 1e3:8.1f} "
           f"{rate:9.1f} {best:10.1f} {r['cpu_med'] * 1e3:7.1f} {batch / r['cpu_med']:9.1f} "
           f"{versus}{same_run}",
           flush=True,
         )
-  by_key = {(r["arch"], r["batch"], r["loss"]): r for r in results}
-  for (arch, batch, loss_name), r in by_key.items():
-    base = by_key.get((arch, batch, "l2"))
+  by_key = {(r["arch"], r["batch"], r["channels"], r["loss"]): r for r in results}
+  for (arch, batch, channels, loss_name), r in by_key.items():
+    base = by_key.get((arch, batch, channels, "l2"))
     if loss_name != "l2" and base:
       extra = r["wall_med"] / base["wall_med"] - 1.0
       extra_best = r["wall_min"] / base["wall_min"] - 1.0
       print(
-        f"{arch} batch {batch}: {loss_name} costs {extra:+.0%} over l2 (median; best-of "
-        f"{extra_best:+.0%}); target <= +10 %"
+        f"{arch} C={channels} batch {batch}: {loss_name} costs {extra:+.0%} over l2 (median; "
+        f"best-of {extra_best:+.0%}); target <= +10 %"
       )
   print(
     "vs filed: over the figures of the issue (authors' PyTorch, batch 64, one thread, another "
