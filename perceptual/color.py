@@ -47,17 +47,30 @@ def _linear(rgb: jax.Array, matrix: tuple[tuple[float, ...], ...]) -> jax.Array:
   )
 
 
-def rgb_to_grey(rgb: jax.Array) -> jax.Array:
-  """ITU-R 601-2 luma `Y = 0.299 R + 0.587 G + 0.114 B`.
+# MATLAB's rgb2gray: the first row of the inverse of its YIQ matrix (MathWorks documentation).
+_MATLAB_LUMA = (0.298936021293775, 0.587043074451121, 0.114020904255103)
+
+
+def rgb_to_grey(rgb: jax.Array, *, convention: str = "itu601") -> jax.Array:
+  """Luma of RGB images.
 
   Args:
-    rgb: `[..., 3]` float RGB.
+    rgb: `[..., 3]` float RGB in `[0, 1]`.
+    convention: "itu601" (default), ITU-R 601-2 `Y = 0.299 R + 0.587 G + 0.114 B`, as PIL's
+      `convert("L")`; "matlab", MATLAB's `rgb2gray` of 8-bit images: `0.298936 R + 0.587043 G +
+      0.114021 B` rounded to the nearest of the 256 levels (halves up), the grey image that
+      MATLAB reference values (Wang's ssim.m on colour files, IQA-PyTorch's calibration) start
+      from. Rounded, so its gradient is 0: for evaluation, not as a training loss's input.
 
   Returns:
     `[..., 1]`, the luma with a channel axis kept, so the result is again an NHWC image.
   """
   rgb = _check_rgb(rgb, "rgb_to_grey")
-  return _linear(rgb, (_LUMA,))
+  if convention == "itu601":
+    return _linear(rgb, (_LUMA,))
+  if convention == "matlab":
+    return jnp.floor(_linear(rgb, (_MATLAB_LUMA,)) * 255.0 + 0.5) * (1.0 / 255.0)
+  raise ValueError(f'rgb_to_grey: convention must be "itu601" or "matlab", got {convention!r}.')
 
 
 def rgb_to_ycbcr(rgb: jax.Array) -> jax.Array:

@@ -80,6 +80,45 @@ def filter_separable(x: jax.Array, kernel: np.ndarray, *, padding: str = "VALID"
   return planes.reshape(*lead, h - len(taps) + 1, w - len(taps) + 1, c)
 
 
+def filter_window(x: jax.Array, window: np.ndarray) -> jax.Array:
+  """'valid' correlation of every channel of `x` `[..., H, W, C]` with a window: 1-D taps
+  (`filter_separable`) or a 2-D table (a depthwise convolution at full float32 precision)."""
+  window = np.asarray(window)
+  if window.ndim == 1:
+    return filter_separable(x, window)
+  *lead, h, w, c = x.shape
+  rhs = jnp.broadcast_to(jnp.asarray(window, x.dtype)[:, :, None, None], (*window.shape, 1, c))
+  out = jax.lax.conv_general_dilated(
+    x.reshape(-1, h, w, c),
+    rhs,
+    window_strides=(1, 1),
+    padding="VALID",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    feature_group_count=c,
+    precision=jax.lax.Precision.HIGHEST,
+  )
+  return out.reshape(*lead, *out.shape[1:])
+
+
+def wang_downsample(x: jax.Array) -> jax.Array:
+  """The automatic downsampling of Wang's `ssim.m` on `[B, H, W, C]`.
+
+  F = max(1, round(min(H, W) / 256)) (halves rounded up, as MATLAB's `round`); an F x F mean
+  filter with symmetric (mirrored, edge included) borders, centred as MATLAB's `imfilter(...,
+  'same')` centres an even filter (the output at i averages i - floor((F - 1) / 2) ... i +
+  ceil((F - 1) / 2)), then every F-th pixel from the first. F = 1 returns `x`.
+  """
+  _, h, w, _ = x.shape
+  f = max(1, int(np.floor(min(h, w) / 256 + 0.5)))
+  if f == 1:
+    return x
+  before = (f - 1) // 2
+  pads = ((0, 0), (before, f - 1 - before), (before, f - 1 - before), (0, 0))
+  padded = jnp.pad(x, pads, mode="symmetric")
+  rows = sum(padded[:, i : i + h : f] for i in range(f))
+  return sum(rows[:, :, j : j + w : f] for j in range(f)) * (1.0 / (f * f))
+
+
 def filter_planes(x: jax.Array, kernel: np.ndarray, *, padding: str = "VALID") -> jax.Array:
   """Correlates the last two axes of `x` `[..., H, W]` with the outer product `kernel x kernel`.
 
@@ -201,17 +240,20 @@ def avg_pool(x: jax.Array, *, factor: int = 2, odd: str = "drop") -> jax.Array:
       columns (output `floor(H / factor)`); "pad" zero-pads `H % factor` rows at the start (and
       the same at the end, unused), and averages the zeros in, as PyTorch's
       `avg_pool2d(x, factor, padding=H % factor)` used by pytorch_msssim does for factor 2
-      (output `ceil(H / factor)` for factor 2).
+      (output `ceil(H / factor)` for factor 2); "replicate" repeats the last row and column up
+      to a multiple of `factor`, as TensorFlow's `ssim_multiscale` (output `ceil(H / factor)`).
 
   Returns:
     The pooled images.
   """
+  b, h, w, c = x.shape
   if odd == "pad":
-    b, h, w, c = x.shape
     ph, pw = h % factor, w % factor
     x = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+  elif odd == "replicate":
+    x = jnp.pad(x, ((0, 0), (0, -h % factor), (0, -w % factor), (0, 0)), mode="edge")
   elif odd != "drop":
-    raise ValueError(f'odd must be "drop" or "pad", got {odd!r}.')
+    raise ValueError(f'odd must be "drop", "pad" or "replicate", got {odd!r}.')
   b, h, w, c = x.shape
   h2, w2 = h // factor, w // factor
   blocks = x[:, : h2 * factor, : w2 * factor].reshape(b, h2, factor, w2, factor, c)

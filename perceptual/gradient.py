@@ -247,6 +247,7 @@ def gmsd(
   max_val: float = 1.0,
   c: float = GMS_C,
   downsample: bool = True,
+  ddof: int = 0,
 ) -> jax.Array:
   """Gradient magnitude similarity deviation (Xue et al. 2014): the std of `gms_map`, `[B]`.
 
@@ -262,13 +263,21 @@ def gmsd(
     max_val: the dynamic range.
     c: stability constant for `[0, 1]` data (see `gms_map`).
     downsample: the paper's 2x2 mean pooling (see `gms_map`).
+    ddof: the deviation divides by N - ddof, N the map's pixels: 0 as piq, 1 as the authors'
+      `GMSD.m` (MATLAB's `std`).
 
   Returns:
     `[B]`, >= 0 (lower is better, 0 for identical images); already a loss.
   """
+  if ddof not in (0, 1):
+    raise ValueError(f"gmsd: ddof must be 0 (piq) or 1 (GMSD.m), got {ddof}.")
   d = _gms_dissimilarity(x, y, max_val=max_val, c=c, downsample=downsample, name="gmsd")
   mean = _spatial_mean(d)[:, None, None, None]
-  return _sqrt_zero_grad(_spatial_mean(jnp.square(d - mean)))
+  variance = _spatial_mean(jnp.square(d - mean))
+  if ddof:
+    pixels = d.shape[1] * d.shape[2]
+    variance = variance * (pixels / (pixels - ddof))
+  return _sqrt_zero_grad(variance)
 
 
 def chroma_similarity(
@@ -316,9 +325,10 @@ def chroma_similarity(
     )
   x, y = checks.as_image_pair(x, y, channels=(3,), metric="chroma_similarity")
   (i_x, q_x), (i_y, q_y) = (_yiq_planes(a, (1, 2), 1.0 / max_val) for a in (x, y))
-  sim_i = 1.0 - _dissimilarity(i_x, i_y, c)
-  sim_q = 1.0 - _dissimilarity(q_x, q_y, c)
-  return _spatial_mean(sim_i * sim_q)
+  d_i, d_q = _dissimilarity(i_x, i_y, c), _dissimilarity(q_x, q_y, c)
+  # 1 - S_I S_Q, averaged, then taken from 1: exactly 0 where x == y, so identical images score
+  # exactly 1 (the mean of a map of ones, a sum times 1 / N, need not be).
+  return 1.0 - _spatial_mean(d_i + d_q - d_i * d_q)
 
 
 def chroma_similarity_map(

@@ -46,6 +46,9 @@ def ssim(
   k1: float = 0.01,
   k2: float = 0.03,
   padding: str = "VALID",
+  window: str | np.ndarray = "gaussian",
+  sample_covariance: bool = False,
+  downsample: bool = False,
 ) -> jax.Array:
   """Structural similarity index per image.
 
@@ -65,12 +68,21 @@ def ssim(
     padding: "VALID" (the SSIM map shrinks by filter_size - 1, as in the paper and every
       reference) or "SAME" (zero padding, map as large as the image: the SSIM loss of
       pytorch-ssim by Po-Hsun Su, used by Czolbe et al. 2020).
+    window: "gaussian" (filter_size taps, filter_sigma), "uniform" (a filter_size x filter_size
+      box: scikit-image's legacy default, 7 x 7 with `sample_covariance=True`), or the window
+      itself, normalised to sum 1: 1-D taps (applied along H and W) or a square 2-D table (e.g.
+      IQA's Gaussian rounded to 6 decimals). An array overrides filter_size and filter_sigma.
+    sample_covariance: scale the local (co)variances by N / (N - 1), N the window's taps
+      (scikit-image's `use_sample_covariance=True`); default the population ones (Wang et al.).
+    downsample: first reduce both images as Wang's `ssim.m` does: by F = max(1, round(min(H, W)
+      / 256)), an F x F mean with symmetric borders, then every F-th pixel (IQA-PyTorch's and
+      MATLAB's reference values use it).
 
   Returns:
     Mean SSIM per image, `[B]`, in [-1, 1].
   """
-  x, y = _checked(x, y, "ssim", filter_size, padding, scales=1)
-  options = (max_val, filter_size, filter_sigma, k1, k2, padding)
+  x, y, window = _prepared(x, y, "ssim", window, filter_size, filter_sigma, padding, downsample)
+  options = (max_val, window, k1, k2, padding, sample_covariance)
   mean_ssim = lambda pair, _: jnp.mean(_ssim_values(*pair, *options), axis=(1, 2))
   return batching.map_batch(mean_ssim, (x, y))
 
@@ -85,17 +97,22 @@ def ssim_map(
   k1: float = 0.01,
   k2: float = 0.03,
   padding: str = "VALID",
+  window: str | np.ndarray = "gaussian",
+  sample_covariance: bool = False,
+  downsample: bool = False,
 ) -> jax.Array:
   """Local SSIM values: the map `ssim` averages.
 
   Args:
-    x, y, max_val, filter_size, filter_sigma, k1, k2, padding: as in `ssim`.
+    x, y, max_val, filter_size, filter_sigma, k1, k2, padding, window, sample_covariance,
+      downsample: as in `ssim`.
 
   Returns:
-    The SSIM map `[B, H', W', C]`: H' = H - filter_size + 1 with padding="VALID", H with "SAME".
+    The SSIM map `[B, H', W', C]`: H' = H - filter_size + 1 with padding="VALID", H with "SAME"
+    (H after `downsample`).
   """
-  x, y = _checked(x, y, "ssim", filter_size, padding, scales=1)
-  options = (max_val, filter_size, filter_sigma, k1, k2, padding)
+  x, y, window = _prepared(x, y, "ssim", window, filter_size, filter_sigma, padding, downsample)
+  options = (max_val, window, k1, k2, padding, sample_covariance)
   values = batching.map_batch(lambda pair, _: _ssim_values(*pair, *options), (x, y))
   b, _, _, c = x.shape
   return values.reshape(b, values.shape[1], -1, c)
@@ -113,13 +130,15 @@ def ms_ssim(
   weights: Sequence[float] | str = WANG_WEIGHTS,
   normalize: str = "relu",
   padding: str = "VALID",
+  odd: str = "pad",
+  window: str | np.ndarray = "gaussian",
+  sample_covariance: bool = False,
 ) -> jax.Array:
   """Multi-scale structural similarity per image.
 
   At each of the M = len(weights) scales the contrast-structure term cs (mean over pixels) is
-  computed, then both images are 2x2 average pooled; odd sizes are first zero-padded by one row
-  or column at the start, and the zeros averaged in, as pytorch_msssim's `avg_pool2d(...,
-  padding=size % 2)` does (size ceil(H / 2)). At the coarsest scale the full SSIM is used. The
+  computed, then both images are 2x2 average pooled; odd sizes are first padded by one row or
+  column (`odd`). At the coarsest scale the full SSIM is used. The
   result is prod_j term_j^weights_j per channel, then the mean over channels (as pytorch_msssim
   and TensorFlow).
 
@@ -133,7 +152,7 @@ def ms_ssim(
     x: reference images `[B, H, W, C]` in `[0, max_val]`; with padding="VALID" at least
       (filter_size - 1) * 2^(M - 1) + 1 pixels per side (161 for the defaults).
     y: distorted images, same shape.
-    max_val, filter_size, filter_sigma, k1, k2, padding: as in `ssim`.
+    max_val, filter_size, filter_sigma, k1, k2, padding, window, sample_covariance: as in `ssim`.
     weights: exponents of the scales, finest first; their number is the number of scales, so
       32-64 pixel images work with 2-3 scales (e.g. `WANG_WEIGHTS[:3]`). "equal" is
       `EQUAL_WEIGHTS` (Snell et al.: every scale weighted 1/5).
@@ -143,6 +162,10 @@ def ms_ssim(
       as torchmetrics' `normalize="simple"`, which keeps a gradient for anti-correlated images.
       Either way the derivative of t^w is taken as 0 at t <= 0 and bounded near 0 (see
       `_pow_nonneg`), so gradients stay finite.
+    odd: how a side of odd length is pooled. "pad" (default): a row or column of zeros at the
+      start, averaged in, as pytorch_msssim's `avg_pool2d(..., padding=size % 2)`; "replicate":
+      the last row or column repeated at the end, as TensorFlow's `ssim_multiscale` and Wang's
+      `msssim.m` (symmetric borders). Both give ceil(H / 2).
 
   Returns:
     MS-SSIM per image, `[B]`, in [0, 1].
@@ -156,8 +179,11 @@ def ms_ssim(
     raise ValueError(f"weights must be one or more exponents >= 0, got {weights}.")
   if normalize not in ("relu", "simple"):
     raise ValueError(f'normalize must be "relu" or "simple", got {normalize!r}.')
-  x, y = _checked(x, y, "ms_ssim", filter_size, padding, scales=len(weights))
-  options = (max_val, filter_size, filter_sigma, k1, k2, padding, weights, normalize)
+  if odd not in ("pad", "replicate"):
+    raise ValueError(f'ms_ssim: odd must be "pad" or "replicate", got {odd!r}.')
+  window = _window(window, filter_size, filter_sigma, "ms_ssim")
+  x, y = _checked(x, y, "ms_ssim", window.shape[0], padding, scales=len(weights))
+  options = (max_val, window, k1, k2, padding, sample_covariance, weights, normalize, odd)
   # Channels are independent until the final mean, so colour images are scored as B * C grey
   # ones: the chunks of `map_batch` stay cache-sized for large images (one 192x192 RGB image
   # is already 3.4 chunks' worth), and colour B=32 192x192 ran 1.6x faster than in NHWC.
@@ -169,13 +195,13 @@ def ms_ssim(
   return jnp.mean(values.reshape(b, c), axis=-1)
 
 
-def _ms_ssim_values(x, y, max_val, filter_size, filter_sigma, k1, k2, padding, weights, normalize):
+def _ms_ssim_values(x, y, max_val, window, k1, k2, padding, covariance, weights, normalize, odd):
   """MS-SSIM of checked images, `[B]`."""
   terms = []
   for scale in range(len(weights)):
     if scale:
-      x, y = filters.avg_pool(x, factor=2, odd="pad"), filters.avg_pool(y, factor=2, odd="pad")
-    lum, cs = _ssim_terms(x, y, max_val, filter_size, filter_sigma, k1, k2, padding)
+      x, y = filters.avg_pool(x, factor=2, odd=odd), filters.avg_pool(y, factor=2, odd=odd)
+    lum, cs = _ssim_terms(x, y, max_val, window, k1, k2, padding, covariance)
     last = scale == len(weights) - 1
     terms.append(_channel_mean(_at_most_one(lum * cs if last else cs), x.shape[-1]))  # [B, C]
   value = 1.0
@@ -184,6 +210,33 @@ def _ms_ssim_values(x, y, max_val, filter_size, filter_sigma, k1, k2, padding, w
       term = (term + 1.0) / 2.0
     value = value * _pow_nonneg(term, w)
   return jnp.mean(value, axis=-1)
+
+
+def _window(window, filter_size: int, filter_sigma: float, metric: str) -> np.ndarray:
+  """The window as a numpy array summing to 1: 1-D taps (separable) or a 2-D table."""
+  if isinstance(window, str):
+    if window == "gaussian":
+      return filters.gaussian_kernel(filter_size, filter_sigma)
+    if window == "uniform":
+      return np.full(filter_size, 1.0 / filter_size, np.float32)
+    raise ValueError(f'{metric}: window must be "gaussian", "uniform" or an array, got {window!r}.')
+  table = np.asarray(window, np.float64)
+  square = table.ndim == 2 and table.shape[0] == table.shape[1]
+  if not (table.ndim == 1 or square) or table.shape[0] % 2 == 0 or not table.sum() > 0:
+    raise ValueError(
+      f"{metric}: a window must be 1-D taps or a square 2-D table of odd size with a positive "
+      f"sum, got shape {table.shape}."
+    )
+  return (table / table.sum()).astype(np.float32)
+
+
+def _prepared(x, y, metric, window, filter_size, filter_sigma, padding, downsample):
+  """Checked images (reduced as Wang's ssim.m with `downsample`) and the window array."""
+  window = _window(window, filter_size, filter_sigma, metric)
+  x, y = checks.as_image_pair(x, y, metric=metric)
+  if downsample:
+    x, y = filters.wang_downsample(x), filters.wang_downsample(y)
+  return (*_checked(x, y, metric, window.shape[0], padding, scales=1), window)
 
 
 def _checked(x, y, metric: str, filter_size: int, padding: str, scales: int):
@@ -206,16 +259,16 @@ def _checked(x, y, metric: str, filter_size: int, padding: str, scales: int):
   return x, y
 
 
-def _ssim_values(x, y, max_val, filter_size, filter_sigma, k1, k2, padding):
+def _ssim_values(x, y, max_val, window, k1, k2, padding, covariance):
   """The SSIM map of checked images as `[B, H', W' * C]`."""
-  lum, cs = _ssim_terms(x, y, max_val, filter_size, filter_sigma, k1, k2, padding)
+  lum, cs = _ssim_terms(x, y, max_val, window, k1, k2, padding, covariance)
   return _at_most_one(lum * cs)
 
 
-def _ssim_terms(x, y, max_val, filter_size, filter_sigma, k1, k2, padding):
+def _ssim_terms(x, y, max_val, window, k1, k2, padding, sample_covariance=False):
   """Luminance and contrast-structure maps of images `[B, H, W, C]`, as `[B, H', W' * C]`."""
   c1, c2 = (k1 * max_val) ** 2, (k2 * max_val) ** 2
-  kernel = filters.gaussian_kernel(filter_size, filter_sigma)
+  filter_size = window.shape[0]
   if padding == "SAME":
     low = (filter_size - 1) // 2
     pads = ((0, 0), (low, filter_size - 1 - low), (low, filter_size - 1 - low), (0, 0))
@@ -237,9 +290,9 @@ def _ssim_terms(x, y, max_val, filter_size, filter_sigma, k1, k2, padding):
   # four planes' transposes were computed: one in eight filter passes wasted). x goes in as a
   # buffer of its own: filtering it straight from the chunk's slice of the batch ran at a third
   # of the speed (XLA fused the slice and the shift into each of the 11 taps).
-  filtered = lambda planes: filters.filter_separable(
-    planes.reshape(-1, b, h, w, c), kernel
-  ).reshape(-1, b, h - filter_size + 1, (w - filter_size + 1) * c)
+  filtered = lambda planes: filters.filter_window(planes.reshape(-1, b, h, w, c), window).reshape(
+    -1, b, h - filter_size + 1, (w - filter_size + 1) * c
+  )
   mu_x = filtered(filters.materialized(lambda v: v[None], x))[0]
   mu_y, sq, xy = filtered(jnp.stack([y, x * x + y * y, x * y]))
   # Second moments about the plane means, and the local means about 0 for the luminance term.
@@ -253,7 +306,11 @@ def _ssim_terms(x, y, max_val, filter_size, filter_sigma, k1, k2, padding):
   # Written so that x == y gives numerator == denominator bit for bit (sq - centred_sq is then
   # exactly 2 * (xy - centred_xy)): identical images score exactly 1. c2 > 0 keeps the
   # denominator positive when rounding makes the variance estimates slightly negative.
-  cs = (2.0 * (xy - centred_xy) + c2) / ((sq - centred_sq) + c2)
+  covariance, variances = xy - centred_xy, sq - centred_sq
+  if sample_covariance:  # N / (N - 1), N the window's taps
+    taps = window.size if window.ndim == 2 else window.size**2
+    covariance, variances = covariance * (taps / (taps - 1)), variances * (taps / (taps - 1))
+  cs = (2.0 * covariance + c2) / (variances + c2)
   return lum, cs
 
 
