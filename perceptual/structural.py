@@ -70,8 +70,10 @@ def ssim(
       pytorch-ssim by Po-Hsun Su, used by Czolbe et al. 2020).
     window: "gaussian" (filter_size taps, filter_sigma), "uniform" (a filter_size x filter_size
       box: scikit-image's legacy default, 7 x 7 with `sample_covariance=True`), or the window
-      itself, normalised to sum 1: 1-D taps (applied along H and W) or a square 2-D table (e.g.
-      IQA's Gaussian rounded to 6 decimals). An array overrides filter_size and filter_sigma.
+      itself, used as given (normalise it to sum 1 for the usual statistics; Tom Distler's IQA
+      does not): 1-D taps (applied along H and W) or a square 2-D table (e.g.
+      IQA's Gaussian rounded to 6 decimals, or its 8 x 8 box: with "VALID" padding even sizes
+      work too). An array overrides filter_size and filter_sigma.
     sample_covariance: scale the local (co)variances by N / (N - 1), N the window's taps
       (scikit-image's `use_sample_covariance=True`); default the population ones (Wang et al.).
     downsample: first reduce both images as Wang's `ssim.m` does: by F = max(1, round(min(H, W)
@@ -213,21 +215,26 @@ def _ms_ssim_values(x, y, max_val, window, k1, k2, padding, covariance, weights,
 
 
 def _window(window, filter_size: int, filter_sigma: float, metric: str) -> np.ndarray:
-  """The window as a numpy array summing to 1: 1-D taps (separable) or a 2-D table."""
+  """The window as a numpy array summing to 1: 1-D taps (separable) or a 2-D table.
+
+  Given windows are used as given (IQA's rounded Gaussian sums to 0.999998), in float64 until
+  they meet the images' dtype."""
   if isinstance(window, str):
+    if filter_size < 1 or filter_size % 2 == 0:
+      raise ValueError(f"{metric}: filter_size must be odd, got {filter_size}; e.g. 11 or 7.")
     if window == "gaussian":
       return filters.gaussian_kernel(filter_size, filter_sigma)
-    if window == "uniform":
-      return np.full(filter_size, 1.0 / filter_size, np.float32)
+    if window == "uniform":  # float64 taps: 1 / 7 in float32 is 3.5e-8 off
+      return np.full(filter_size, 1.0 / filter_size)
     raise ValueError(f'{metric}: window must be "gaussian", "uniform" or an array, got {window!r}.')
   table = np.asarray(window, np.float64)
   square = table.ndim == 2 and table.shape[0] == table.shape[1]
-  if not (table.ndim == 1 or square) or table.shape[0] % 2 == 0 or not table.sum() > 0:
+  if not (table.ndim == 1 or square) or not table.sum() > 0:
     raise ValueError(
-      f"{metric}: a window must be 1-D taps or a square 2-D table of odd size with a positive "
-      f"sum, got shape {table.shape}."
+      f"{metric}: a window must be 1-D taps or a square 2-D table with a positive sum, got "
+      f"shape {table.shape}."
     )
-  return (table / table.sum()).astype(np.float32)
+  return table
 
 
 def _prepared(x, y, metric, window, filter_size, filter_sigma, padding, downsample):
@@ -244,8 +251,6 @@ def _checked(x, y, metric: str, filter_size: int, padding: str, scales: int):
   x, y = checks.as_image_pair(x, y, metric=metric)
   if padding not in ("VALID", "SAME"):
     raise ValueError(f'{metric}: padding must be "VALID" or "SAME", got {padding!r}.')
-  if filter_size < 1 or filter_size % 2 == 0:
-    raise ValueError(f"{metric}: filter_size must be odd, got {filter_size}; e.g. 11 or 7.")
   reach = filter_size - 1 if padding == "VALID" else 0
   min_size = reach * 2 ** (scales - 1) + 1
   if scales > 1:
@@ -296,17 +301,28 @@ def _ssim_terms(x, y, max_val, window, k1, k2, padding, sample_covariance=False)
   mu_x = filtered(filters.materialized(lambda v: v[None], x))[0]
   mu_y, sq, xy = filtered(jnp.stack([y, x * x + y * y, x * y]))
   # Second moments about the plane means, and the local means about 0 for the luminance term.
-  centred_xy = mu_x * mu_y
-  centred_sq = mu_x * mu_x + mu_y * mu_y
+  covariance = xy - mu_x * mu_y
+  variances = sq - (mu_x * mu_x + mu_y * mu_y)
   width = w - filter_size + 1
-  mu_x, mu_y = mu_x + _per_column(mean_x, width), mu_y + _per_column(mean_y, width)
+  shift_x, shift_y = _per_column(mean_x, width), _per_column(mean_y, width)
+  total = float(np.sum(window, dtype=np.float64)) ** (1 if window.ndim == 2 else 2)
+  if abs(total - 1.0) > 1e-6:  # a given window used as given (IQA's sums to 0.999998)
+    # The moments about 0 of a window of sum s, from those about the shifts c: mu = mu' + s c,
+    # E[x^2] - mu^2 gains (1 - s)(2 c mu' + s c^2), E[xy] - mu_x mu_y likewise.
+    variances = variances + (1.0 - total) * (
+      shift_x * (2.0 * mu_x + total * shift_x) + shift_y * (2.0 * mu_y + total * shift_y)
+    )
+    covariance = covariance + (1.0 - total) * (
+      shift_x * mu_y + shift_y * mu_x + total * shift_x * shift_y
+    )
+    shift_x, shift_y = total * shift_x, total * shift_y
+  mu_x, mu_y = mu_x + shift_x, mu_y + shift_y
   mu_xy = mu_x * mu_y
   mu_sq = mu_x * mu_x + mu_y * mu_y
   lum = (2.0 * mu_xy + c1) / (mu_sq + c1)
-  # Written so that x == y gives numerator == denominator bit for bit (sq - centred_sq is then
-  # exactly 2 * (xy - centred_xy)): identical images score exactly 1. c2 > 0 keeps the
+  # Written so that x == y gives numerator == denominator bit for bit (the variances are then
+  # exactly twice the covariance): identical images score exactly 1. c2 > 0 keeps the
   # denominator positive when rounding makes the variance estimates slightly negative.
-  covariance, variances = xy - centred_xy, sq - centred_sq
   if sample_covariance:  # N / (N - 1), N the window's taps
     taps = window.size if window.ndim == 2 else window.size**2
     covariance, variances = covariance * (taps / (taps - 1)), variances * (taps / (taps - 1))
