@@ -83,10 +83,8 @@ def per_platform(operands: tuple, *, cpu: Callable[..., Any], default: Callable[
 
 def _per_platform_batching(args, dims, *, cpu, default):
   size = next(a.shape[d] for a, d in zip(args, dims, strict=True) if d is not None)
-  moved = [a if d is None else jax.numpy.moveaxis(a, d, 0) for a, d in zip(args, dims, strict=True)]
-  in_axes = [None if d is None else 0 for d in dims]
-  mapped = lambda jaxpr: jax.vmap(core.jaxpr_as_fun(jaxpr), in_axes=in_axes, axis_size=size)
-  out = per_platform(tuple(moved), cpu=mapped(cpu), default=mapped(default))
+  mapped = lambda jaxpr: jax.vmap(core.jaxpr_as_fun(jaxpr), in_axes=tuple(dims), axis_size=size)
+  out = per_platform(tuple(args), cpu=mapped(cpu), default=mapped(default))
   return out, [0] * len(out)
 
 

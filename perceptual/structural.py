@@ -215,10 +215,9 @@ def _ms_ssim_values(x, y, max_val, window, k1, k2, padding, covariance, weights,
 
 
 def _window(window, filter_size: int, filter_sigma: float, metric: str) -> np.ndarray:
-  """The window as a numpy array summing to 1: 1-D taps (separable) or a 2-D table.
-
-  Given windows are used as given (IQA's rounded Gaussian sums to 0.999998), in float64 until
-  they meet the images' dtype."""
+  """The window as a numpy array: 1-D taps (separable) or a 2-D table. The named ones sum to 1;
+  given ones are used as given (IQA's rounded Gaussian sums to 0.999998), in float64 until they
+  meet the images' dtype."""
   if isinstance(window, str):
     if filter_size < 1 or filter_size % 2 == 0:
       raise ValueError(f"{metric}: filter_size must be odd, got {filter_size}; e.g. 11 or 7.")
@@ -240,9 +239,8 @@ def _window(window, filter_size: int, filter_sigma: float, metric: str) -> np.nd
 def _prepared(x, y, metric, window, filter_size, filter_sigma, padding, downsample):
   """Checked images (reduced as Wang's ssim.m with `downsample`) and the window array."""
   window = _window(window, filter_size, filter_sigma, metric)
-  x, y = checks.as_image_pair(x, y, metric=metric)
-  if downsample:
-    x, y = filters.wang_downsample(x), filters.wang_downsample(y)
+  if downsample:  # on checked images; the reduced ones are checked against the window below
+    x, y = map(filters.wang_downsample, checks.as_image_pair(x, y, metric=metric))
   return (*_checked(x, y, metric, window.shape[0], padding, scales=1), window)
 
 
@@ -270,7 +268,7 @@ def _ssim_values(x, y, max_val, window, k1, k2, padding, covariance):
   return _at_most_one(lum * cs)
 
 
-def _ssim_terms(x, y, max_val, window, k1, k2, padding, sample_covariance=False):
+def _ssim_terms(x, y, max_val, window, k1, k2, padding, sample_covariance):
   """Luminance and contrast-structure maps of images `[B, H, W, C]`, as `[B, H', W' * C]`."""
   c1, c2 = (k1 * max_val) ** 2, (k2 * max_val) ** 2
   filter_size = window.shape[0]
