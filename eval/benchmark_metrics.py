@@ -105,10 +105,11 @@ def watson_dft_reference(x, y):
     phase = (w_phase * torch.acos(torch.cos(ph0 - ph1) * (1 - 1e-7))).sum((1, 2, 3))
     total = total + weights[ch] * (watson + phase)
   return total
-def make(name, b, h, w, c):
+def make(name, b, *spatial_c):
+  *spatial, c = spatial_c  # images (h, w) or volumes (d, h, w)
   g = torch.Generator().manual_seed(0)
-  x = torch.rand(b, c, h, w, generator=g).to(DEVICE)
-  y = torch.rand(b, c, h, w, generator=g).to(DEVICE).requires_grad_(True)
+  x = torch.rand(b, c, *spatial, generator=g).to(DEVICE)
+  y = torch.rand(b, c, *spatial, generator=g).to(DEVICE).requires_grad_(True)
   if name == "pytorch_msssim.ssim":
     f = lambda: 1 - pytorch_msssim.ssim(x, y, data_range=1.0, size_average=False)
   elif name == "pytorch_msssim.ms_ssim":
@@ -277,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument("--losses", nargs="*", default=None, help="default: all but deep nets")
   parser.add_argument("--peers-python", default="", help="python of a venv with torch peers")
   parser.add_argument("--no-ms-ssim-case", action="store_true")
+  parser.add_argument("--no-volume-case", action="store_true", help="skip B=8 64^3 grey volumes")
   parser.add_argument(
     "--large",
     action=argparse.BooleanOptionalAction,
@@ -337,12 +339,18 @@ def main(argv: list[str] | None = None) -> None:
     cases += [(32, 192, 192, 1), (32, 192, 192, 3)]
   if args.large or (args.large is None and on_accelerator):
     cases += [(1, 1080, 1920, 3), (1, 2160, 3840, 3)]
+  if not args.no_volume_case:
+    cases += [(8, 64, 64, 64, 1)]  # volumes [B, D, H, W, C]: SSIM with a separable 3-D window
   rng = np.random.default_rng(0)
   rows = []
-  for b, h, w, c in cases:
-    x = jnp.asarray(rng.random((b, h, w, c), np.float32))
-    y = jnp.asarray(rng.random((b, h, w, c), np.float32))
-    if b == 1:  # one large photograph: the structural metrics
+  for shape in cases:
+    b, *spatial, c = shape
+    h, w = spatial[-2:]
+    x = jnp.asarray(rng.random(shape, np.float32))
+    y = jnp.asarray(rng.random(shape, np.float32))
+    if len(spatial) == 3:  # volumes (MS-SSIM's 11-tap, 5-scale minimum is 161 per side)
+      case_names = [n for n in ("l2", "ssim") if n in names]
+    elif b == 1:  # one large photograph: the structural metrics
       case_names = [n for n in ("l2", "ssim", "ms_ssim") if n in names]
     elif h == 192:
       case_names = [n for n in ("l2", "ms_ssim") if n in names]
@@ -353,17 +361,19 @@ def main(argv: list[str] | None = None) -> None:
       f, params = _jitted(name, c)
       start = time.perf_counter()
       compiled = f.lower(y, x, params).compile()
-      compile_s[(b, h, w, c, name)] = time.perf_counter() - start
+      compile_s[(*shape, name)] = time.perf_counter() - start
       contenders[name] = ((lambda f=f, p=params, x=x, y=y: f(y, x, p)), _memory_mb(compiled), name)
       for peer in PEERS.get(name, ()) if name != "ms_ssim" or min(h, w) > 160 else ():
-        if peer == "dm_pix.ssim" and dm_pix is not None and b > 1:
+        if peer == "dm_pix.ssim" and dm_pix is not None and b > 1 and len(spatial) == 2:
           g = _dm_pix_ssim()
           mem = _memory_mb(g.lower(y, x, None).compile())
           contenders[peer] = ((lambda g=g, x=x, y=y: g(y, x, None)), mem, name)
         elif peers and peer.startswith(("pytorch_msssim", "piq", "reference.")):
           if peer.startswith("piqa.") and not peer_versions.get("piqa"):
             continue
-          request = {"case": [peer, b, h, w, c]}
+          if peer.startswith("piqa.") and len(spatial) == 3:  # piqa has no 3-D mode
+            continue
+          request = {"case": [peer, *shape]}
           contenders[peer] = ((lambda r=request: peers.ask(r)), None, name)
     times = {label: [] for label in contenders}
     peer_mem = {}
@@ -385,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
       t = np.array(times[label])
       rows.append(
         dict(
-          case=f"B={b} {h}x{w}x{c}",
+          case=f"B={b} {'x'.join(map(str, spatial))}x{c}",
           label=label,
           metric=metric,
           channels=c,
@@ -395,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
           ratio=float(np.median(t[:, 0]) / l2),
           mem=mem if mem is not None else peer_mem.get(label),
           mem_kind="xla" if mem is not None else "peer",
-          compile_s=compile_s.get((b, h, w, c, label)),
+          compile_s=compile_s.get((*shape, label)),
         )
       )
   if peers:

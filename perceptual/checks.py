@@ -8,16 +8,18 @@ import jax
 import jax.numpy as jnp
 
 
-def as_float_images(x: jax.Array, *, name: str = "x") -> jax.Array:
-  """Checks one `[B, H, W, C]` float image batch and returns it in at least float32.
+def as_float_images(x: jax.Array, *, name: str = "x", volumes: bool = False) -> jax.Array:
+  """Checks one `[B, H, W, C]` float image batch (with `volumes`, also `[B, D, H, W, C]`) and
+  returns it in at least float32.
 
   Half-precision inputs (bfloat16, float16) are promoted so that means, variances and powers are
   computed in float32; float64 stays float64 when x64 is enabled.
   """
   x = jnp.asarray(x)
-  if x.ndim != 4:
+  if x.ndim != 4 and not (volumes and x.ndim == 5):
+    kinds = "[B, H, W, C] (rank 4)" + (" or volumes [B, D, H, W, C] (rank 5)" if volumes else "")
     raise ValueError(
-      f"{name} must be a batch of images of shape [B, H, W, C] (rank 4), got shape {x.shape}. "
+      f"{name} must be a batch of images of shape {kinds}, got shape {x.shape}. "
       "Add a batch axis with x[None] or a channel axis with x[..., None]."
     )
   if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -29,10 +31,17 @@ def as_float_images(x: jax.Array, *, name: str = "x") -> jax.Array:
 
 
 def as_image_pair(
-  x: jax.Array, y: jax.Array, *, channels: tuple[int, ...] | None = None, metric: str = "metric"
+  x: jax.Array,
+  y: jax.Array,
+  *,
+  channels: tuple[int, ...] | None = None,
+  metric: str = "metric",
+  volumes: bool = False,
 ) -> tuple[jax.Array, jax.Array]:
-  """Checks a reference `x` and a distorted `y` of the same shape; returns both as float32+."""
-  x, y = as_float_images(x, name="x"), as_float_images(y, name="y")
+  """Checks a reference `x` and a distorted `y` of the same shape; returns both as float32+.
+  With `volumes`, `[B, D, H, W, C]` pairs are accepted too."""
+  x = as_float_images(x, name="x", volumes=volumes)
+  y = as_float_images(y, name="y", volumes=volumes)
   if x.shape != y.shape:
     raise ValueError(
       f"{metric}: x and y must have the same shape, got x {x.shape} and y {y.shape}."
@@ -48,10 +57,47 @@ def as_image_pair(
 
 
 def check_min_size(x: jax.Array, min_size: int, *, metric: str, hint: str) -> None:
-  """Raises if the spatial size of `x` is below `min_size` pixels on either side."""
-  height, width = x.shape[1:3]
-  if min(height, width) < min_size:
+  """Raises if the spatial size of `x` (`[B, ..., C]`) is below `min_size` pixels on any side."""
+  spatial = x.shape[1:-1]
+  if min(spatial) < min_size:
     raise ValueError(
-      f"{metric} needs images of at least {min_size}x{min_size} pixels, got {height}x{width}. "
-      f"{hint}"
+      f"{metric} needs images of at least {'x'.join([str(min_size)] * len(spatial))} pixels, "
+      f"got {'x'.join(map(str, spatial))}. {hint}"
     )
+
+
+def as_mask(mask: jax.Array, x: jax.Array, *, metric: str) -> jax.Array:
+  """A mask of weights in [0, 1] for images `x` `[B, ..., C]`, broadcast to `x`'s shape and dtype.
+
+  A mask of `x`'s rank is broadcast to it as it is (one weight per pixel and channel, e.g.
+  `[B, H, W, 1]`); a mask of one rank less (`[B, H, W]`, `[1, H, W]`) is one weight per pixel for
+  every channel. Values are checked when the mask is concrete (outside `jit`).
+  """
+  m = jnp.asarray(mask)
+  if m.ndim not in (x.ndim, x.ndim - 1):
+    raise ValueError(
+      f"{metric}: mask must have the images' spatial shape {x.shape[:-1]} (one weight per pixel) "
+      f"or their full shape {x.shape} (per channel), or be broadcastable to one of them, got "
+      f"shape {m.shape}."
+    )
+  if m.ndim == x.ndim - 1:
+    m = m[..., None]
+  try:
+    m = jnp.broadcast_to(m, x.shape)
+  except ValueError:
+    raise ValueError(
+      f"{metric}: mask of shape {jnp.shape(mask)} does not broadcast to the images' "
+      f"{x.shape[:-1]} (or {x.shape}); give one weight per pixel."
+    ) from None
+  if m.dtype == jnp.bool_ or jnp.issubdtype(m.dtype, jnp.integer):
+    m = m.astype(x.dtype)
+  if not jnp.issubdtype(m.dtype, jnp.floating):
+    raise ValueError(f"{metric}: mask must hold weights (bool or float), got dtype {m.dtype}.")
+  if not isinstance(m, jax.core.Tracer):
+    low, high = float(jnp.min(m)), float(jnp.max(m))
+    if not (0.0 <= low and high <= 1.0):  # also catches NaN
+      raise ValueError(
+        f"{metric}: mask weights must lie in [0, 1], got values in [{low}, {high}]; "
+        "use 1 for pixels to compare and 0 for pixels to ignore."
+      )
+  return m.astype(x.dtype)

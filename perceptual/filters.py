@@ -61,31 +61,46 @@ def filter_1d(x: jax.Array, kernel: np.ndarray, *, axis: int, padding: str = "VA
   )
 
 
-def filter_separable(x: jax.Array, kernel: np.ndarray, *, padding: str = "VALID") -> jax.Array:
+def filter_separable(
+  x: jax.Array, kernel: np.ndarray, *, padding: str = "VALID", dims: int = 2
+) -> jax.Array:
   """Filters every channel of `x` `[..., H, W, C]` with the outer product `kernel x kernel`.
 
   Args:
-    x: images `[..., H, W, C]` (e.g. `[B, H, W, C]`, or a stack of such batches).
-    kernel: 1-D taps, applied along H and then along W.
+    x: images `[..., H, W, C]` (e.g. `[B, H, W, C]`, or a stack of such batches); with `dims=3`
+      volumes `[..., D, H, W, C]`.
+    kernel: 1-D taps, applied along each spatial axis in turn (D, H, then W).
     padding: "VALID" (each side shrinks by len(kernel) - 1) or "SAME" (zero padding, output the
       size of the input, as `jax.lax.conv` pads).
+    dims: the number of spatial axes before the channel axis (2 images, 3 volumes).
 
   Returns:
-    The filtered images `[..., H', W', C]`.
+    The filtered images `[..., H', W', C]` (volumes `[..., D', H', W', C]`).
   """
-  taps, x = _taps_and_padded(x, kernel, padding, spatial=(-3, -2))
-  *lead, h, w, c = x.shape
-  planes = _shift_filter(x.reshape(*lead, h, w * c), taps, -2, 1)
+  if dims not in (2, 3):
+    raise ValueError(f"filter_separable filters 2 or 3 spatial axes, got dims={dims}.")
+  taps, x = _taps_and_padded(x, kernel, padding, spatial=tuple(range(-dims - 1, -1)))
+  *lead, w, c = x.shape
+  planes = x.reshape(*lead, w * c)
+  if dims == 3:  # depth first, into memory: fused into the next pass it would be recomputed per tap
+    planes = materialized(lambda p: _shift_filter(p, taps, -3, 1), planes)
+  planes = _shift_filter(planes, taps, -2, 1)
   planes = materialized(lambda p: _shift_filter(p, taps, -1, c), planes)
-  return planes.reshape(*lead, h - len(taps) + 1, w - len(taps) + 1, c)
+  return planes.reshape(*planes.shape[:-1], w - len(taps) + 1, c)
 
 
-def filter_window(x: jax.Array, window: np.ndarray) -> jax.Array:
+def filter_window(x: jax.Array, window: np.ndarray, *, dims: int = 2) -> jax.Array:
   """'valid' correlation of every channel of `x` `[..., H, W, C]` with a window: 1-D taps
-  (`filter_separable`) or a 2-D table (a depthwise convolution at full float32 precision)."""
+  (`filter_separable`, also for volumes `[..., D, H, W, C]` with `dims=3`) or a 2-D table (a
+  depthwise convolution at full float32 precision; images only)."""
   window = np.asarray(window)
   if window.ndim == 1:
-    return filter_separable(x, window)
+    return filter_separable(x, window, dims=dims)
+  if dims != 2:
+    raise ValueError(
+      f"a {window.ndim}-D window table filters images only; give volumes 1-D taps (applied "
+      "along each axis)."
+    )
   *lead, h, w, c = x.shape
   rhs = jnp.broadcast_to(jnp.asarray(window, x.dtype)[:, :, None, None], (*window.shape, 1, c))
   out = jax.lax.conv_general_dilated(
@@ -231,11 +246,12 @@ _shift_filter.defvjp(_shift_filter_fwd, _shift_filter_bwd)
 
 
 def avg_pool(x: jax.Array, *, factor: int = 2, odd: str = "drop") -> jax.Array:
-  """Non-overlapping `factor x factor` mean pooling of `[B, H, W, C]`.
+  """Non-overlapping `factor x factor` mean pooling of `[B, H, W, C]` (volumes `[B, D, H, W, C]`:
+  `factor^3` blocks).
 
   Args:
-    x: images `[B, H, W, C]`.
-    factor: the pooling window and stride.
+    x: images `[B, H, W, C]` or volumes `[B, D, H, W, C]`.
+    factor: the pooling window and stride along every spatial axis.
     odd: what happens to sizes not divisible by `factor`: "drop" drops the trailing rows and
       columns (output `floor(H / factor)`); "pad" zero-pads `H % factor` rows at the start (and
       the same at the end, unused), and averages the zeros in, as PyTorch's
@@ -246,23 +262,24 @@ def avg_pool(x: jax.Array, *, factor: int = 2, odd: str = "drop") -> jax.Array:
   Returns:
     The pooled images.
   """
-  b, h, w, c = x.shape
+  spatial = x.shape[1:-1]
   if odd == "pad":
-    ph, pw = h % factor, w % factor
-    x = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    x = jnp.pad(x, [(0, 0), *((s % factor, s % factor) for s in spatial), (0, 0)])
   elif odd == "replicate":
-    x = jnp.pad(x, ((0, 0), (0, -h % factor), (0, -w % factor), (0, 0)), mode="edge")
+    x = jnp.pad(x, [(0, 0), *((0, -s % factor) for s in spatial), (0, 0)], mode="edge")
   elif odd != "drop":
     raise ValueError(f'odd must be "drop", "pad" or "replicate", got {odd!r}.')
-  b, h, w, c = x.shape
-  h2, w2 = h // factor, w // factor
-  blocks = x[:, : h2 * factor, : w2 * factor].reshape(b, h2, factor, w2, factor, c)
-  # A sum of the factor^2 strided views, evaluated once into a buffer (see `materialized`), not
+  b, *spatial, c = x.shape
+  pooled = [s // factor for s in spatial]
+  x = x[(slice(None), *(slice(0, s * factor) for s in pooled))]
+  blocks = x.reshape(b, *(v for s in pooled for v in (s, factor)), c)
+  # A sum of the factor^d strided views, evaluated once into a buffer (see `materialized`), not
   # `mean(axis=(2, 4))`, which XLA:CPU hands to a library reduction; unmaterialized, XLA fuses
   # the sum into every consumer. MS-SSIM B=32 192x192, forward + gradient: -31 %.
+  offsets = list(np.ndindex(*(factor,) * len(pooled)))
 
   def pool(v):
-    views = [v[:, :, i, :, j] for i in range(factor) for j in range(factor)]
-    return sum(views[1:], views[0]) * (1.0 / factor**2)
+    views = [v[(slice(None), *(k for o in at for k in (slice(None), o)))] for at in offsets]
+    return sum(views[1:], views[0]) * (1.0 / factor ** len(pooled))
 
   return materialized(pool, blocks)

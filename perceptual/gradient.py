@@ -181,6 +181,7 @@ def gms_map(
   max_val: float = 1.0,
   c: float = GMS_C,
   downsample: bool = True,
+  mask: jax.Array | None = None,
 ) -> jax.Array:
   """Gradient magnitude similarity map (Xue et al. 2014), as computed inside piq's `gmsd`.
 
@@ -191,18 +192,20 @@ def gms_map(
     c: stability constant for `[0, 1]`-scaled gradient magnitudes (170/255^2, the paper's
       T = 170 for 8-bit data).
     downsample: apply the paper's 2x2 mean pooling first (True in GMSD and piq).
+    mask: weights in [0, 1] of the pixels to compare (see `gmsm`); the map's values at
+      positions of weight 0 are not part of `gmsm` / `gmsd`.
 
   Returns:
     `[B, ceil(H/2), ceil(W/2), 1]` (or `[B, H, W, 1]` without downsampling), values in
     `(0, 1]`, 1 where both gradient magnitudes agree.
   """
-  return 1.0 - _gms_dissimilarity(x, y, max_val=max_val, c=c, downsample=downsample, name="gms_map")
+  d, _ = _gms_dissimilarity(x, y, max_val, c, downsample, mask, name="gms_map")
+  return 1.0 - d
 
 
-def _gms_dissimilarity(
-  x: jax.Array, y: jax.Array, *, max_val: float, c: float, downsample: bool, name: str
-) -> jax.Array:
-  """Checks the inputs and returns `1 - gms_map`, `[B, H', W', 1]`."""
+def _gms_dissimilarity(x, y, max_val, c, downsample, mask, *, name):
+  """Checks the inputs and returns `1 - gms_map`, `[B, H', W', 1]`, and the weights of its
+  positions `[B, H', W']` (None without a mask)."""
   x, y = checks.as_image_pair(x, y, channels=(1, 3), metric=name)
   factor = 2 if downsample else 1
   checks.check_min_size(
@@ -212,8 +215,27 @@ def _gms_dissimilarity(
     hint="Gradient similarity needs a 3x3 Prewitt window after 2x2 downsampling; use larger "
     "images or downsample=False.",
   )
-  lx, ly = _luma_image(x, max_val, downsample), _luma_image(y, max_val, downsample)
-  return _dissimilarity(_gradient_magnitude(lx), _gradient_magnitude(ly), c)[..., None]
+  if mask is None:
+    lx, ly = _luma_image(x, max_val, downsample), _luma_image(y, max_val, downsample)
+    return _dissimilarity(_gradient_magnitude(lx), _gradient_magnitude(ly), c)[..., None], None
+  # A pixel counts when all its channels do; pooling is normalised (a pooled pixel is the
+  # weighted mean of the luma it covers, odd edges not averaged with zeros); a position counts
+  # (with the pooled weight) only when its whole 3x3 Prewitt window has weight > 0, so no
+  # gradient is taken across a weight-0 pixel.
+  m = jnp.min(checks.as_mask(mask, x, metric=name), axis=-1)
+  lx, ly = (jnp.where(m > 0, _luma(v, max_val), 0.0) for v in (x, y))
+  if downsample:
+    pooled = _downsample(m)
+    safe = jnp.where(pooled > 0, pooled, 1.0)
+    lx, ly = (jnp.where(pooled > 0, _downsample(m * v) / safe, 0.0) for v in (lx, ly))
+    m = pooled
+  inside = jnp.pad(m > 0, ((0, 0), (1, 1), (1, 1)), constant_values=True)  # borders as piq's
+  h, w = m.shape[1:]
+  whole = functools.reduce(
+    jnp.logical_and, [inside[:, i : i + h, j : j + w] for i in range(3) for j in range(3)]
+  )
+  d = _dissimilarity(_gradient_magnitude(lx), _gradient_magnitude(ly), c)[..., None]
+  return d, jnp.where(whole, m, 0.0)
 
 
 def gmsm(
@@ -223,6 +245,7 @@ def gmsm(
   max_val: float = 1.0,
   c: float = GMS_C,
   downsample: bool = True,
+  mask: jax.Array | None = None,
 ) -> jax.Array:
   """Gradient magnitude similarity mean: the mean of `gms_map` per image, `[B]`, 1 if x == y.
 
@@ -232,12 +255,20 @@ def gmsm(
     max_val: the dynamic range.
     c: stability constant for `[0, 1]` data (see `gms_map`).
     downsample: the paper's 2x2 mean pooling (see `gms_map`).
+    mask: weights in [0, 1] of the pixels to compare, `[B, H, W]` (or broadcastable; per channel
+      `[B, H, W, C]`, a pixel then counting with its smallest channel weight). The pooling is
+      normalised (a pooled pixel is the weighted mean of the pixels it covers) and the map is
+      averaged with the pooled weights over the positions whose whole 3x3 Prewitt window has
+      weight > 0 (a gradient across an ignored pixel is not defined): pixels of weight 0 change
+      nothing, NaN included, and get a zero gradient. An image with no such position gets 1.
 
   Returns:
     `[B]`, in `(0, 1]`; the loss is `1 - gmsm`.
   """
-  d = _gms_dissimilarity(x, y, max_val=max_val, c=c, downsample=downsample, name="gmsm")
-  return 1.0 - _spatial_mean(d)
+  d, weights = _gms_dissimilarity(x, y, max_val, c, downsample, mask, name="gmsm")
+  if weights is None:
+    return 1.0 - _spatial_mean(d)
+  return 1.0 - _weighted_spatial_mean(d[..., 0], weights, empty=0.0)
 
 
 def gmsd(
@@ -248,6 +279,7 @@ def gmsd(
   c: float = GMS_C,
   downsample: bool = True,
   ddof: int = 0,
+  mask: jax.Array | None = None,
 ) -> jax.Array:
   """Gradient magnitude similarity deviation (Xue et al. 2014): the std of `gms_map`, `[B]`.
 
@@ -265,19 +297,34 @@ def gmsd(
     downsample: the paper's 2x2 mean pooling (see `gms_map`).
     ddof: the deviation divides by N - ddof, N the map's pixels: 0 as piq, 1 as the authors'
       `GMSD.m` (MATLAB's `std`).
+    mask: weights of the pixels, as in `gmsm`: the weighted deviation of the map over the
+      positions `gmsm` averages, N the sum of their weights. An image with N <= ddof gets 0.
 
   Returns:
     `[B]`, >= 0 (lower is better, 0 for identical images); already a loss.
   """
   if ddof not in (0, 1):
     raise ValueError(f"gmsd: ddof must be 0 (piq) or 1 (GMSD.m), got {ddof}.")
-  d = _gms_dissimilarity(x, y, max_val=max_val, c=c, downsample=downsample, name="gmsd")
-  mean = _spatial_mean(d)[:, None, None, None]
-  variance = _spatial_mean(jnp.square(d - mean))
-  if ddof:
+  d, weights = _gms_dissimilarity(x, y, max_val, c, downsample, mask, name="gmsd")
+  if weights is None:
+    mean = _spatial_mean(d)[:, None, None, None]
+    variance = _spatial_mean(jnp.square(d - mean))
     pixels = d.shape[1] * d.shape[2]
-    variance = variance * (pixels / (pixels - ddof))
+  else:
+    d = d[..., 0]
+    mean = _weighted_spatial_mean(d, weights, empty=0.0)[:, None, None]
+    variance = _weighted_spatial_mean(jnp.square(d - mean), weights, empty=0.0)
+    pixels = jnp.sum(weights, axis=(1, 2))
+  if ddof:
+    variance = jnp.where(pixels > ddof, variance * (pixels / jnp.maximum(pixels - ddof, 1)), 0.0)
   return _sqrt_zero_grad(variance)
+
+
+def _weighted_spatial_mean(v: jax.Array, weights: jax.Array, *, empty: float) -> jax.Array:
+  """sum(w v) / sum(w) over `[B, H, W]`, per image; `empty` (zero gradient) where sum(w) = 0."""
+  total = jnp.sum(weights, axis=(1, 2))
+  safe = jnp.where(total > 0, total, 1.0)
+  return jnp.where(total > 0, jnp.sum(weights * v, axis=(1, 2)) / safe, empty)
 
 
 def chroma_similarity(

@@ -49,15 +49,17 @@ def ssim(
   window: str | np.ndarray = "gaussian",
   sample_covariance: bool = False,
   downsample: bool = False,
+  mask: jax.Array | None = None,
 ) -> jax.Array:
-  """Structural similarity index per image.
+  """Structural similarity index per image (or volume).
 
   References:
     Wang, Bovik, Sheikh, Simoncelli, "Image quality assessment: from error visibility to
     structural similarity", IEEE TIP 2004.
 
   Args:
-    x: reference images `[B, H, W, C]` in `[0, max_val]`.
+    x: reference images `[B, H, W, C]` in `[0, max_val]`, or volumes `[B, D, H, W, C]` (the
+      window is then separable along D, H and W).
     y: distorted images, same shape.
     max_val: the dynamic range (1.0 for `[0, 1]` images, 255.0 for 8-bit values).
     filter_size: taps of the Gaussian window (odd); images need at least this many pixels per
@@ -73,20 +75,29 @@ def ssim(
       itself, used as given (normalise it to sum 1 for the usual statistics; Tom Distler's IQA
       does not): 1-D taps (applied along H and W) or a square 2-D table (e.g.
       IQA's Gaussian rounded to 6 decimals, or its 8 x 8 box: with "VALID" padding even sizes
-      work too). An array overrides filter_size and filter_sigma.
+      work too; images only). An array overrides filter_size and filter_sigma.
     sample_covariance: scale the local (co)variances by N / (N - 1), N the window's taps
       (scikit-image's `use_sample_covariance=True`); default the population ones (Wang et al.).
     downsample: first reduce both images as Wang's `ssim.m` does: by F = max(1, round(min(H, W)
       / 256)), an F x F mean with symmetric borders, then every F-th pixel (IQA-PyTorch's and
-      MATLAB's reference values use it).
+      MATLAB's reference values use it). Images only, without a mask.
+    mask: weights in [0, 1] of the pixels to compare, `[B, H, W]` (or `[B, D, H, W]`; any shape
+      that broadcasts to it, or per channel to the images' shape); see `_masked` for the
+      definition. Pixels of weight 0 do not change the value (whatever they hold, NaN included)
+      and get a zero gradient.
 
   Returns:
     Mean SSIM per image, `[B]`, in [-1, 1].
   """
-  x, y, window = _prepared(x, y, "ssim", window, filter_size, filter_sigma, padding, downsample)
+  x, y, mask, window = _prepared(
+    x, y, mask, "ssim", window, filter_size, filter_sigma, padding, downsample, sample_covariance
+  )
   options = (max_val, window, k1, k2, padding, sample_covariance)
-  mean_ssim = lambda pair, _: jnp.mean(_ssim_values(*pair, *options), axis=(1, 2))
-  return batching.map_batch(mean_ssim, (x, y))
+  if mask is None:
+    spatial = tuple(range(1, x.ndim - 1))
+    mean_ssim = lambda pair, _: jnp.mean(_ssim_values(*pair, *options)[0], axis=spatial)
+    return batching.map_batch(mean_ssim, (x, y))
+  return batching.map_batch(lambda t, _: _masked_mean(*_ssim_values(*t, *options)), (x, y, mask))
 
 
 def ssim_map(
@@ -102,22 +113,27 @@ def ssim_map(
   window: str | np.ndarray = "gaussian",
   sample_covariance: bool = False,
   downsample: bool = False,
+  mask: jax.Array | None = None,
 ) -> jax.Array:
   """Local SSIM values: the map `ssim` averages.
 
   Args:
     x, y, max_val, filter_size, filter_sigma, k1, k2, padding, window, sample_covariance,
-      downsample: as in `ssim`.
+      downsample, mask: as in `ssim`.
 
   Returns:
-    The SSIM map `[B, H', W', C]`: H' = H - filter_size + 1 with padding="VALID", H with "SAME"
-    (H after `downsample`).
+    The SSIM map `[B, H', W', C]` (volumes `[B, D', H', W', C]`): H' = H - filter_size + 1 with
+    padding="VALID", H with "SAME" (H after `downsample`). With a mask, the local statistics of
+    the masked pixels; `ssim` averages the map weighted by the mask at each window's centre,
+    and values at centres of weight 0 are not part of it.
   """
-  x, y, window = _prepared(x, y, "ssim", window, filter_size, filter_sigma, padding, downsample)
+  x, y, mask, window = _prepared(
+    x, y, mask, "ssim", window, filter_size, filter_sigma, padding, downsample, sample_covariance
+  )
   options = (max_val, window, k1, k2, padding, sample_covariance)
-  values = batching.map_batch(lambda pair, _: _ssim_values(*pair, *options), (x, y))
-  b, _, _, c = x.shape
-  return values.reshape(b, values.shape[1], -1, c)
+  batched = (x, y) if mask is None else (x, y, mask)
+  values = batching.map_batch(lambda t, _: _ssim_values(*t, *options)[0], batched)
+  return values.reshape(*values.shape[:-1], -1, x.shape[-1])
 
 
 def ms_ssim(
@@ -135,8 +151,9 @@ def ms_ssim(
   odd: str = "pad",
   window: str | np.ndarray = "gaussian",
   sample_covariance: bool = False,
+  mask: jax.Array | None = None,
 ) -> jax.Array:
-  """Multi-scale structural similarity per image.
+  """Multi-scale structural similarity per image (or volume).
 
   At each of the M = len(weights) scales the contrast-structure term cs (mean over pixels) is
   computed, then both images are 2x2 average pooled; odd sizes are first padded by one row or
@@ -151,7 +168,8 @@ def ms_ssim(
     (equal weights: `weights="equal"`).
 
   Args:
-    x: reference images `[B, H, W, C]` in `[0, max_val]`; with padding="VALID" at least
+    x: reference images `[B, H, W, C]` in `[0, max_val]`, or volumes `[B, D, H, W, C]` (pooled
+      2x2x2, as pytorch_msssim's 3-D mode); with padding="VALID" at least
       (filter_size - 1) * 2^(M - 1) + 1 pixels per side (161 for the defaults).
     y: distorted images, same shape.
     max_val, filter_size, filter_sigma, k1, k2, padding, window, sample_covariance: as in `ssim`.
@@ -168,6 +186,10 @@ def ms_ssim(
       start, averaged in, as pytorch_msssim's `avg_pool2d(..., padding=size % 2)`; "replicate":
       the last row or column repeated at the end, as TensorFlow's `ssim_multiscale` and Wang's
       `msssim.m` (symmetric borders). Both give ceil(H / 2).
+    mask: weights in [0, 1] of the pixels to compare, as in `ssim`. Each scale pools the mask
+      and the masked images (a coarse pixel is the mask-weighted mean of the fine pixels it
+      covers, padding rows of `odd="pad"` having weight 0) and averages its terms as `ssim`
+      does; channels are averaged weighted by their mask's sum.
 
   Returns:
     MS-SSIM per image, `[B]`, in [0, 1].
@@ -184,34 +206,57 @@ def ms_ssim(
   if odd not in ("pad", "replicate"):
     raise ValueError(f'ms_ssim: odd must be "pad" or "replicate", got {odd!r}.')
   window = _window(window, filter_size, filter_sigma, "ms_ssim")
-  x, y = _checked(x, y, "ms_ssim", window.shape[0], padding, scales=len(weights))
+  x, y = _checked(x, y, "ms_ssim", window, padding, scales=len(weights))
+  mask = _checked_mask(mask, x, "ms_ssim", sample_covariance)
+  x, y = _masked_out(x, y, mask)
   options = (max_val, window, k1, k2, padding, sample_covariance, weights, normalize, odd)
   # Channels are independent until the final mean, so colour images are scored as B * C grey
   # ones: the chunks of `map_batch` stay cache-sized for large images (one 192x192 RGB image
   # is already 3.4 chunks' worth), and colour B=32 192x192 ran 1.6x faster than in NHWC.
-  b, h, w, c = x.shape
-  planes = lambda v: jnp.moveaxis(v, -1, 1).reshape(b * c, h, w, 1)
-  values = batching.map_batch(
-    lambda pair, _: _ms_ssim_values(*pair, *options), tuple(map(planes, (x, y)))
-  )
-  return jnp.mean(values.reshape(b, c), axis=-1)
+  b, *spatial, c = x.shape
+  planes = lambda v: jnp.moveaxis(v, -1, 1).reshape(b * c, *spatial, 1)
+  batched = tuple(map(planes, (x, y) if mask is None else (x, y, mask)))
+  values = batching.map_batch(lambda t, _: _ms_ssim_values(*t, *options), batched)
+  values = values.reshape(b, c)
+  if mask is None:
+    return jnp.mean(values, axis=-1)
+  mass = jnp.sum(mask, axis=tuple(range(1, x.ndim - 1)))  # [B, C]
+  return _weighted_mean(values, mass, axis=-1)
 
 
-def _ms_ssim_values(x, y, max_val, window, k1, k2, padding, covariance, weights, normalize, odd):
-  """MS-SSIM of checked images, `[B]`."""
+def _ms_ssim_values(x, y, *rest):
+  """MS-SSIM of checked images (with a mask, `x, y, mask`), `[B]`."""
+  mask = rest[0] if len(rest) == 10 else None
+  max_val, window, k1, k2, padding, covariance, weights, normalize, odd = rest[-9:]
   terms = []
   for scale in range(len(weights)):
     if scale:
-      x, y = filters.avg_pool(x, factor=2, odd=odd), filters.avg_pool(y, factor=2, odd=odd)
-    lum, cs = _ssim_terms(x, y, max_val, window, k1, k2, padding, covariance)
+      x, y, mask = _pooled(x, y, mask, odd)
+    lum, cs, weight = _ssim_terms(x, y, max_val, window, k1, k2, padding, covariance, mask)
     last = scale == len(weights) - 1
-    terms.append(_channel_mean(_at_most_one(lum * cs if last else cs), x.shape[-1]))  # [B, C]
+    term = _at_most_one(lum * cs if last else cs)
+    if mask is None:
+      terms.append(_channel_mean(term, x.shape[-1]))  # [B, C]
+    else:
+      terms.append(_masked_mean(term, weight)[:, None])  # planes: one channel
   value = 1.0
   for term, w in zip(terms, weights, strict=True):
     if normalize == "simple":
       term = (term + 1.0) / 2.0
     value = value * _pow_nonneg(term, w)
   return jnp.mean(value, axis=-1)
+
+
+def _pooled(x, y, mask, odd):
+  """One MS-SSIM scale down: 2x2 (volumes 2x2x2) mean pooling; with a mask, normalised: the
+  pooled mask, and the images' mask-weighted means over each block (0 where it is all 0)."""
+  pool = functools.partial(filters.avg_pool, factor=2, odd=odd)
+  if mask is None:
+    return pool(x), pool(y), None
+  pooled_mask = pool(mask)
+  safe = jnp.where(pooled_mask > 0, pooled_mask, 1.0)
+  x, y = (jnp.where(pooled_mask > 0, pool(mask * v) / safe, 0.0) for v in (x, y))
+  return x, y, pooled_mask
 
 
 def _window(window, filter_size: int, filter_sigma: float, metric: str) -> np.ndarray:
@@ -236,19 +281,35 @@ def _window(window, filter_size: int, filter_sigma: float, metric: str) -> np.nd
   return table
 
 
-def _prepared(x, y, metric, window, filter_size, filter_sigma, padding, downsample):
-  """Checked images (reduced as Wang's ssim.m with `downsample`) and the window array."""
+def _prepared(x, y, mask, metric, window, filter_size, filter_sigma, padding, downsample, cov):
+  """Checked images (reduced as Wang's ssim.m with `downsample`), the checked mask (or None) and
+  the window array."""
   window = _window(window, filter_size, filter_sigma, metric)
   if downsample:  # on checked images; the reduced ones are checked against the window below
+    if jnp.ndim(x) == 5:
+      raise ValueError(f"{metric}: downsample=True is Wang's ssim.m for images; volumes take none.")
+    if mask is not None:
+      raise ValueError(
+        f"{metric}: downsample=True takes no mask; reduce the images and the mask "
+        "first (filters.wang_downsample) and pass those."
+      )
     x, y = map(filters.wang_downsample, checks.as_image_pair(x, y, metric=metric))
-  return (*_checked(x, y, metric, window.shape[0], padding, scales=1), window)
+  x, y = _checked(x, y, metric, window, padding, scales=1)
+  mask = _checked_mask(mask, x, metric, cov)
+  return (*_masked_out(x, y, mask), mask, window)
 
 
-def _checked(x, y, metric: str, filter_size: int, padding: str, scales: int):
+def _checked(x, y, metric: str, window: np.ndarray, padding: str, scales: int):
   """Validates the pair and the options; the size check says the minimum and how to go below."""
-  x, y = checks.as_image_pair(x, y, metric=metric)
+  x, y = checks.as_image_pair(x, y, metric=metric, volumes=True)
+  if x.ndim == 5 and window.ndim == 2:
+    raise ValueError(
+      f"{metric}: a 2-D window table filters images only; give volumes 1-D taps (applied along "
+      "D, H and W) or a named window."
+    )
   if padding not in ("VALID", "SAME"):
     raise ValueError(f'{metric}: padding must be "VALID" or "SAME", got {padding!r}.')
+  filter_size = window.shape[0]
   reach = filter_size - 1 if padding == "VALID" else 0
   min_size = reach * 2 ** (scales - 1) + 1
   if scales > 1:
@@ -262,51 +323,118 @@ def _checked(x, y, metric: str, filter_size: int, padding: str, scales: int):
   return x, y
 
 
-def _ssim_values(x, y, max_val, window, k1, k2, padding, covariance):
-  """The SSIM map of checked images as `[B, H', W' * C]`."""
-  lum, cs = _ssim_terms(x, y, max_val, window, k1, k2, padding, covariance)
-  return _at_most_one(lum * cs)
+def _checked_mask(mask, x, metric: str, sample_covariance: bool):
+  """The mask broadcast to `x` (None stays None)."""
+  if mask is None:
+    return None
+  if sample_covariance:
+    raise ValueError(
+      f"{metric}: sample_covariance=True takes no mask (the N / (N - 1) of a partly masked window "
+      "is not defined by any reference); use the population statistics with a mask."
+    )
+  return checks.as_mask(mask, x, metric=metric)
 
 
-def _ssim_terms(x, y, max_val, window, k1, k2, padding, sample_covariance):
-  """Luminance and contrast-structure maps of images `[B, H, W, C]`, as `[B, H', W' * C]`."""
+def _masked_out(x, y, mask):
+  """`x`, `y` with 0 at weight-0 pixels: whatever those hold (NaN, inf) reaches no value and no
+  gradient."""
+  if mask is None:
+    return x, y
+  return jnp.where(mask > 0, x, 0.0), jnp.where(mask > 0, y, 0.0)
+
+
+def _weighted_mean(values, weights, axis):
+  """sum(w v) / sum(w) along `axis`; 1 (identical as far as can be seen) where sum(w) = 0, with a
+  zero gradient there."""
+  total = jnp.sum(weights, axis=axis)
+  safe = jnp.where(total > 0, total, 1.0)
+  return jnp.where(total > 0, jnp.sum(weights * values, axis=axis) / safe, 1.0)
+
+
+def _masked_mean(values, weights):
+  """The masked mean of a merged map `[B, ..., W' * C]` per image: `[B]`."""
+  b = values.shape[0]
+  return _weighted_mean(values.reshape(b, -1), weights.reshape(b, -1), axis=-1)
+
+
+def _ssim_values(x, y, *rest):
+  """The SSIM map of checked images as `[B, ..., W' * C]`, and the weights of its positions (the
+  mask at each window's centre; None without one). `rest` = [mask,] max_val, window, k1, k2,
+  padding, sample_covariance."""
+  lum, cs, weights = _ssim_terms(x, y, *rest[-6:], rest[0] if len(rest) == 7 else None)
+  return _at_most_one(lum * cs), weights
+
+
+def _ssim_terms(x, y, max_val, window, k1, k2, padding, sample_covariance, mask=None):
+  """Luminance and contrast-structure maps of images `[B, H, W, C]` (volumes `[B, D, H, W, C]`)
+  as `[B, H', W' * C]` (`[B, D', H', W' * C]`), and the weights of their positions (None without
+  a mask).
+
+  With a mask m (0 at the pixels to ignore, whose values must already be 0), every local
+  statistic is a normalised convolution: the window-and-mask-weighted mean of the masked
+  pixels, mu_x = F(m x) / F(m), E[x y] = F(m x y) / F(m) and so on, so a pixel of weight 0 takes
+  no part in any window; a position's weight is m at its window's centre.
+  """
   c1, c2 = (k1 * max_val) ** 2, (k2 * max_val) ** 2
   filter_size = window.shape[0]
+  dims = x.ndim - 2
+  centre = None  # the mask at each window's centre, for "SAME" the mask itself
   if padding == "SAME":
     low = (filter_size - 1) // 2
-    pads = ((0, 0), (low, filter_size - 1 - low), (low, filter_size - 1 - low), (0, 0))
+    pads = ((0, 0), *((low, filter_size - 1 - low),) * dims, (0, 0))
     x, y = jnp.pad(x, pads), jnp.pad(y, pads)  # zeros of the image, before the shift below
-  b, h, w, c = x.shape
+    centre = mask
+    mask = None if mask is None else jnp.pad(mask, pads)  # with a mask: no data there
+  b, *spatial, w, c = x.shape
+  size = [s - filter_size + 1 for s in (*spatial, w)]
+  axes = tuple(range(1, dims + 1))
   # (Co)variances do not change when x and y are shifted by constants; shifting by each plane's
   # mean makes the filtered second moments small, so E[x^2] - E[x]^2 loses far fewer float32
   # digits (1e-5 relative error on smooth photos without it). No gradient flows through the
   # shift: the exact value does not depend on it.
-  mean_x = jax.lax.stop_gradient(jnp.mean(x, axis=(1, 2)))  # [B, C]
-  mean_y = jax.lax.stop_gradient(jnp.mean(y, axis=(1, 2)))
+  if mask is None:
+    mean_x = jax.lax.stop_gradient(jnp.mean(x, axis=axes))  # [B, C]
+    mean_y = jax.lax.stop_gradient(jnp.mean(y, axis=axes))
+  else:
+    mean_x, mean_y = (jax.lax.stop_gradient(_weighted_mean(v, mask, axes)) for v in (x, y))
   # Everything below works on the NHWC images viewed as [B, H, W * C] (a free reshape): no
   # channel transpose, and every elementwise loop runs along a long contiguous last axis (with C
   # as an axis of its own, XLA's loops ran 3 elements at a time and colour cost 9x grey).
-  x = x.reshape(b, h, w * c) - _per_column(mean_x, w)
-  y = y.reshape(b, h, w * c) - _per_column(mean_y, w)
+  merged = lambda v: v.reshape(b, *spatial, w * c)
+  x = merged(x) - _per_column(mean_x, w, dims)
+  y = merged(y) - _per_column(mean_y, w, dims)
   # x is filtered on its own: when only y is differentiated (a loss against a fixed reference),
   # the transposed filter of x's cotangent is then dead code that XLA drops (in one stack, all
   # four planes' transposes were computed: one in eight filter passes wasted). x goes in as a
   # buffer of its own: filtering it straight from the chunk's slice of the batch ran at a third
   # of the speed (XLA fused the slice and the shift into each of the 11 taps).
-  filtered = lambda planes: filters.filter_window(planes.reshape(-1, b, h, w, c), window).reshape(
-    -1, b, h - filter_size + 1, (w - filter_size + 1) * c
-  )
-  mu_x = filtered(filters.materialized(lambda v: v[None], x))[0]
-  mu_y, sq, xy = filtered(jnp.stack([y, x * x + y * y, x * y]))
+  filtered = lambda planes: filters.filter_window(
+    planes.reshape(-1, b, *spatial, w, c), window, dims=dims
+  ).reshape(-1, b, *size[:-1], size[-1] * c)
+  if mask is None:
+    mu_x = filtered(filters.materialized(lambda v: v[None], x))[0]
+    mu_y, sq, xy = filtered(jnp.stack([y, x * x + y * y, x * y]))
+    weights = None
+  else:
+    m = merged(mask)
+    mx, my = m * x, m * y
+    count, mu_x = filtered(filters.materialized(lambda v: jnp.stack([m, v]), mx))
+    mu_y, sq, xy = filtered(jnp.stack([my, mx * x + my * y, mx * y]))
+    safe = jnp.where(count > 0, count, 1.0)
+    mu_x, mu_y, sq, xy = (v / safe for v in (mu_x, mu_y, sq, xy))
+    if centre is None:  # "VALID": the mask at each window's centre
+      low = (filter_size - 1) // 2
+      centre = mask[(slice(None), *(slice(low, low + n) for n in size))]
+    weights = centre.reshape(b, *size[:-1], size[-1] * c)
   # Second moments about the plane means, and the local means about 0 for the luminance term.
   covariance = xy - mu_x * mu_y
   variances = sq - (mu_x * mu_x + mu_y * mu_y)
-  width = w - filter_size + 1
-  shift_x, shift_y = _per_column(mean_x, width), _per_column(mean_y, width)
-  total = float(np.sum(window, dtype=np.float64)) ** (1 if window.ndim == 2 else 2)
-  if abs(total - 1.0) > 1e-6:  # a given window used as given (IQA's sums to 0.999998)
+  shift_x, shift_y = _per_column(mean_x, size[-1], dims), _per_column(mean_y, size[-1], dims)
+  total = float(np.sum(window, dtype=np.float64)) ** (1 if window.ndim == 2 else dims)
+  if mask is None and abs(total - 1.0) > 1e-6:  # a given window used as given (IQA's: 0.999998)
     # The moments about 0 of a window of sum s, from those about the shifts c: mu = mu' + s c,
-    # E[x^2] - mu^2 gains (1 - s)(2 c mu' + s c^2), E[xy] - mu_x mu_y likewise.
+    # E[x^2] - mu^2 gains (1 - s)(2 c mu' + s c^2), E[xy] - mu_x mu_y likewise. (With a mask the
+    # statistics are normalised: the window's sum cancels.)
     variances = variances + (1.0 - total) * (
       shift_x * (2.0 * mu_x + total * shift_x) + shift_y * (2.0 * mu_y + total * shift_y)
     )
@@ -322,26 +450,29 @@ def _ssim_terms(x, y, max_val, window, k1, k2, padding, sample_covariance):
   # exactly twice the covariance): identical images score exactly 1. c2 > 0 keeps the
   # denominator positive when rounding makes the variance estimates slightly negative.
   if sample_covariance:  # N / (N - 1), N the window's taps
-    taps = window.size if window.ndim == 2 else window.size**2
+    taps = window.size if window.ndim == 2 else window.size**dims
     covariance, variances = covariance * (taps / (taps - 1)), variances * (taps / (taps - 1))
   cs = (2.0 * covariance + c2) / (variances + c2)
-  return lum, cs
+  return lum, cs, weights
 
 
-def _per_column(means: jax.Array, width: int) -> jax.Array:
-  """Per-channel values `[B, C]` repeated along the merged last axis: `[B, 1, W * C]`.
+def _per_column(means: jax.Array, width: int, dims: int = 2) -> jax.Array:
+  """Per-channel values `[B, C]` repeated along the merged last axis: `[B, 1, W * C]` (with
+  `dims` spatial axes, `dims - 1` axes of size 1 before it).
 
   A product with a 0/1 matrix (exact) rather than `jnp.tile`: XLA would fuse the tile into every
   consumer as an integer modulo per element, which made the colour loops 3-4x slower.
   """
   repeat = np.tile(np.eye(means.shape[-1], dtype=np.float32), (1, width))
-  return jnp.dot(means, repeat, precision=jax.lax.Precision.HIGHEST)[:, None, :]
+  row = jnp.dot(means, repeat, precision=jax.lax.Precision.HIGHEST)
+  return row.reshape(row.shape[0], *(1,) * (dims - 1), row.shape[-1])
 
 
 def _channel_mean(v: jax.Array, channels: int) -> jax.Array:
-  """Mean over pixels of a merged map `[B, H, W * C]`, per channel: `[B, C]`."""
+  """Mean over pixels of a merged map `[B, ..., W * C]`, per channel: `[B, C]`."""
   b = v.shape[0]
-  return jnp.mean(jnp.mean(v, axis=1).reshape(b, -1, channels), axis=1)
+  rows = jnp.mean(v, axis=tuple(range(1, v.ndim - 1)))
+  return jnp.mean(rows.reshape(b, -1, channels), axis=1)
 
 
 def _at_most_one(v: jax.Array) -> jax.Array:
