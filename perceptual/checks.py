@@ -95,7 +95,7 @@ def as_mask(mask: jax.Array, x: jax.Array, *, metric: str) -> jax.Array:
     raise ValueError(f"{metric}: mask must hold weights (bool or float), got dtype {m.dtype}.")
   if not isinstance(m, jax.core.Tracer):
     low, high = float(jnp.min(m)), float(jnp.max(m))
-    if not (0.0 <= low and high <= 1.0):  # also catches NaN
+    if not (low >= 0.0 and high <= 1.0):  # also catches NaN
       raise ValueError(
         f"{metric}: mask weights must lie in [0, 1], got values in [{low}, {high}]; "
         "use 1 for pixels to compare and 0 for pixels to ignore."

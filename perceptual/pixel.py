@@ -1,8 +1,8 @@
 """Pixel-wise distances.
 
 All functions take a reference `x` and a distorted image `y`, float `[B, H, W, C]` (or volumes
-`[B, D, H, W, C]`) in `[0, max_val]`, and return one value per image, `[B]`. Values outside `[0, max_val]` are used as
-they are (nothing is clipped).
+`[B, D, H, W, C]`) in `[0, max_val]`, and return one value per image, `[B]`. Values outside
+`[0, max_val]` are used as they are (nothing is clipped).
 """
 
 import jax

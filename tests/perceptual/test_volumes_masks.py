@@ -12,8 +12,8 @@ import functools
 import os
 
 import jax
-import jax.test_util
 import jax.numpy as jnp
+import jax.test_util
 import numpy as np
 import pytest
 from PIL import Image
@@ -127,11 +127,11 @@ def test_volume_gradients_are_finite_and_correct():
   ms_ssim = functools.partial(perceptual.ms_ssim, filter_size=3, weights=(0.5, 0.5))
   with jax.enable_x64(True):
     for f in (ssim, ms_ssim):
-      jax.test_util.check_grads(lambda v: jnp.sum(f(x, v)), (y,), order=1, modes=["rev"])
+      jax.test_util.check_grads(lambda v, f=f: jnp.sum(f(x, v)), (y,), order=1, modes=["rev"])
   flat = np.full((1, 12, 12, 12, 1), 0.5, np.float32)
   for f in (ssim, ms_ssim):
     for a, b in ((x[:1, ..., :1], x[:1, ..., :1]), (flat, flat), (flat, x[:1, :12, :12, :12, :1])):
-      g = jax.grad(lambda v: jnp.sum(f(jnp.float32(a), v)))(jnp.float32(b))
+      g = jax.grad(lambda v, f=f, a=a: jnp.sum(f(jnp.float32(a), v)))(jnp.float32(b))
       assert np.isfinite(np.asarray(g)).all()
 
 
@@ -248,11 +248,14 @@ def test_a_masked_regions_map_is_its_crops_map_where_the_window_fits(case):
   masked = fn(jnp.float32(x), jnp.float32(y), mask=m)
   cropped = fn(jnp.float32(x[(slice(None), *region)]), jnp.float32(y[(slice(None), *region)]))
   if fn is perceptual.ssim_map:  # 'valid': every window of the crop lies in the region
-    at = tuple(slice(r.start, r.start + n) for r, n in zip(region, cropped.shape[1:-1]))
+    at = tuple(
+      slice(r.start, r.start + n) for r, n in zip(region, cropped.shape[1:-1], strict=True)
+    )
     np.testing.assert_allclose(masked[(slice(None), *at)], cropped, rtol=1e-5, atol=1e-6)
   else:  # pooled 2x2, then a 3x3 window: the crop's map without its zero-padded border
     at = tuple(
-      slice(r.start // 2 + 1, r.start // 2 + n - 1) for r, n in zip(region, cropped.shape[1:-1])
+      slice(r.start // 2 + 1, r.start // 2 + n - 1)
+      for r, n in zip(region, cropped.shape[1:-1], strict=True)
     )
     np.testing.assert_allclose(
       masked[(slice(None), *at)], cropped[:, 1:-1, 1:-1], rtol=1e-5, atol=1e-6
@@ -354,7 +357,7 @@ def test_a_traced_mask_works_under_jit():
   m = jnp.asarray(_soft_mask((2, 32, 32), seed=17), jnp.float32)
   for fn in (perceptual.ssim, perceptual.gmsm, perceptual.mse):
     np.testing.assert_allclose(
-      jax.jit(lambda a, b, w: fn(a, b, mask=w))(x, y, m), fn(x, y, mask=m), rtol=1e-6
+      jax.jit(lambda a, b, w, fn=fn: fn(a, b, mask=w))(x, y, m), fn(x, y, mask=m), rtol=1e-6
     )
 
 
