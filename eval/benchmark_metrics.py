@@ -38,6 +38,7 @@ process's earlier allocations. `--malloc=default` measures with the defaults on 
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -262,13 +263,14 @@ def machine_rates() -> tuple[float, float]:
   return flops, 2 * big.nbytes / best
 
 
-def ssim_flops_per_pixel(taps: int = 11) -> int:
-  """FLOPs per pixel of SSIM value + gradient w.r.t. y with separable filters.
+def ssim_flops_per_pixel(taps: int = 11, dims: int = 2) -> int:
+  """FLOPs per pixel (voxel) of SSIM value + gradient w.r.t. y with separable filters.
 
-  Forward: 4 planes (x, y, x^2 + y^2, xy) x 2 passes x taps FMAs (2 FLOPs) + ~25 elementwise;
-  backward: the transposed filters of the 3 planes that depend on y + ~40 elementwise.
+  Forward: 4 planes (x, y, x^2 + y^2, xy) x `dims` passes x taps FMAs (2 FLOPs) + ~25
+  elementwise; backward: the transposed filters of the 3 planes that depend on y + ~40
+  elementwise.
   """
-  return (4 + 3) * 2 * taps * 2 + 25 + 40
+  return (4 + 3) * dims * taps * 2 + 25 + 40
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -396,6 +398,7 @@ def main(argv: list[str] | None = None) -> None:
       rows.append(
         dict(
           case=f"B={b} {'x'.join(map(str, spatial))}x{c}",
+          shape=shape,
           label=label,
           metric=metric,
           channels=c,
@@ -478,18 +481,16 @@ def _print_table(rows: list[dict], args) -> None:
   if jax.default_backend() != "cpu":
     return
   flops, bandwidth = machine_rates()
-  per_pixel = ssim_flops_per_pixel()
   print()
   print(
     f"machine probe: {flops / 1e9:.1f} GFLOP/s (float32 GEMM peak, in cache), "
     f"{bandwidth / 1e9:.1f} GB/s copy"
   )
   for r in rows:
-    if r["label"] in ("ssim", "ms_ssim") and r["case"].endswith("x1"):
-      if "64x64" not in r["case"] and "192x192" not in r["case"]:
-        continue
-      b, side = (128, 64) if "64x64" in r["case"] else (32, 192)
-      pixels = b * side * side * (4 / 3 if r["label"] == "ms_ssim" else 1)
+    b, *spatial, c = r["shape"]
+    if r["label"] in ("ssim", "ms_ssim") and c == 1 and b > 1:
+      per_pixel = ssim_flops_per_pixel(dims=len(spatial))
+      pixels = b * math.prod(spatial) * (4 / 3 if r["label"] == "ms_ssim" else 1)
       bound = per_pixel * pixels / flops * 1e3
       print(
         f"{r['label']} grey {r['case']}: {per_pixel} FLOP/pixel x {pixels:.0f} px = "

@@ -18,5 +18,5 @@ from perceptual.gradient import chroma_similarity, chroma_similarity_map, gms_ma
 from perceptual.losses import LOSSES, Fit, Loss, multi_distance
 from perceptual.pixel import mae, mse, psnr
 from perceptual.pretrained import lpips_params
-from perceptual.structural import EQUAL_WEIGHTS, WANG_WEIGHTS, ms_ssim, ssim, ssim_map
+from perceptual.structural import EQUAL_WEIGHTS, WANG_WEIGHTS, ms_ssim, ms_ssim_maps, ssim, ssim_map
 from perceptual.watson import watson_dct, watson_dft, watson_params

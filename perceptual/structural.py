@@ -194,6 +194,53 @@ def ms_ssim(
   Returns:
     MS-SSIM per image, `[B]`, in [0, 1].
   """
+  x, y, mask, options = _ms_ssim_inputs(
+    x,
+    y,
+    max_val,
+    filter_size,
+    filter_sigma,
+    k1,
+    k2,
+    weights,
+    normalize,
+    padding,
+    odd,
+    window,
+    sample_covariance,
+    mask,
+  )
+  # Channels are independent until the final mean, so colour images are scored as B * C grey
+  # ones: the chunks of `map_batch` stay cache-sized for large images (one 192x192 RGB image
+  # is already 3.4 chunks' worth), and colour B=32 192x192 ran 1.6x faster than in NHWC.
+  b, *spatial, c = x.shape
+  planes = lambda v: jnp.moveaxis(v, -1, 1).reshape(b * c, *spatial, 1)
+  batched = tuple(map(planes, (x, y) if mask is None else (x, y, mask)))
+  values = batching.map_batch(lambda t, _: _ms_ssim_values(*t, *options), batched)
+  values = values.reshape(b, c)
+  if mask is None:
+    return jnp.mean(values, axis=-1)
+  mass = jnp.sum(mask, axis=tuple(range(1, x.ndim - 1)))  # [B, C]
+  return _weighted_mean(values, mass, axis=-1)
+
+
+def _ms_ssim_inputs(
+  x,
+  y,
+  max_val,
+  filter_size,
+  filter_sigma,
+  k1,
+  k2,
+  weights,
+  normalize,
+  padding,
+  odd,
+  window,
+  sample_covariance,
+  mask,
+):
+  """Checked images and mask (weight-0 pixels zeroed) and the options of `_ms_ssim_maps`."""
   if isinstance(weights, str):
     if weights != "equal":
       raise ValueError(f'weights must be a sequence of exponents or "equal", got {weights!r}.')
@@ -210,32 +257,84 @@ def ms_ssim(
   mask = _checked_mask(mask, x, "ms_ssim", sample_covariance)
   x, y = _masked_out(x, y, mask)
   options = (max_val, window, k1, k2, padding, sample_covariance, weights, normalize, odd)
-  # Channels are independent until the final mean, so colour images are scored as B * C grey
-  # ones: the chunks of `map_batch` stay cache-sized for large images (one 192x192 RGB image
-  # is already 3.4 chunks' worth), and colour B=32 192x192 ran 1.6x faster than in NHWC.
+  return x, y, mask, options
+
+
+def ms_ssim_maps(
+  x: jax.Array,
+  y: jax.Array,
+  *,
+  max_val: float = 1.0,
+  filter_size: int = 11,
+  filter_sigma: float = 1.5,
+  k1: float = 0.01,
+  k2: float = 0.03,
+  weights: Sequence[float] | str = WANG_WEIGHTS,
+  padding: str = "VALID",
+  odd: str = "pad",
+  window: str | np.ndarray = "gaussian",
+  sample_covariance: bool = False,
+  mask: jax.Array | None = None,
+) -> list[jax.Array]:
+  """The spatial maps MS-SSIM combines, one per scale, finest first.
+
+  Scale j's map is the local contrast-structure term cs (the last scale: lum * cs, SSIM's map)
+  of the images pooled j times, `[B, H_j', W_j', C]` (volumes `[B, D_j', H_j', W_j', C]`).
+  Without a mask, `ms_ssim` is `prod_j mean(map_j)^weights_j` per channel (terms below 0 as its
+  `normalize` says), then the mean over channels; with one, the means are weighted as in
+  `ms_ssim`.
+
+  Args:
+    x, y, max_val, filter_size, filter_sigma, k1, k2, weights, padding, odd, window,
+      sample_covariance, mask: as in `ms_ssim` (the weights set the number of scales).
+
+  Returns:
+    A list of `len(weights)` maps.
+  """
+  x, y, mask, options = _ms_ssim_inputs(
+    x,
+    y,
+    max_val,
+    filter_size,
+    filter_sigma,
+    k1,
+    k2,
+    weights,
+    "relu",
+    padding,
+    odd,
+    window,
+    sample_covariance,
+    mask,
+  )
   b, *spatial, c = x.shape
   planes = lambda v: jnp.moveaxis(v, -1, 1).reshape(b * c, *spatial, 1)
   batched = tuple(map(planes, (x, y) if mask is None else (x, y, mask)))
-  values = batching.map_batch(lambda t, _: _ms_ssim_values(*t, *options), batched)
-  values = values.reshape(b, c)
-  if mask is None:
-    return jnp.mean(values, axis=-1)
-  mass = jnp.sum(mask, axis=tuple(range(1, x.ndim - 1)))  # [B, C]
-  return _weighted_mean(values, mass, axis=-1)
+  maps = batching.map_batch(lambda t, _: [m for m, _ in _ms_ssim_maps(*t, *options)], batched)
+  return [jnp.moveaxis(m.reshape(b, c, *m.shape[1:]), 1, -1) for m in maps]
 
 
-def _ms_ssim_values(x, y, *rest):
-  """MS-SSIM of checked images (with a mask, `x, y, mask`), `[B]`."""
+def _ms_ssim_maps(x, y, *rest):
+  """The term maps of every scale (cs, the last lum * cs) of checked images (with a mask,
+  `x, y, mask`) as `[B, ..., W' * C]`, and their weights (None without a mask)."""
   mask = rest[0] if len(rest) == 10 else None
-  max_val, window, k1, k2, padding, covariance, weights, normalize, odd = rest[-9:]
-  terms = []
+  max_val, window, k1, k2, padding, covariance, weights, _, odd = rest[-9:]
+  maps = []
   for scale in range(len(weights)):
     if scale:
       x, y, mask = _pooled(x, y, mask, odd)
     lum, cs, weight = _ssim_terms(x, y, max_val, window, k1, k2, padding, covariance, mask)
     last = scale == len(weights) - 1
-    term = _at_most_one(lum * cs if last else cs)
-    if mask is None:
+    maps.append((_at_most_one(lum * cs if last else cs), weight))
+  return maps
+
+
+def _ms_ssim_values(x, y, *rest):
+  """MS-SSIM of checked images (with a mask, `x, y, mask`), `[B]`."""
+  weights, normalize = rest[-3:-1]
+  terms = []
+  for term, weight in _ms_ssim_maps(x, y, *rest):
+    if weight is None:
       terms.append(_channel_mean(term, x.shape[-1]))  # [B, C]
     else:
       terms.append(_masked_mean(term, weight)[:, None])  # planes: one channel

@@ -23,3 +23,6 @@ def test_benchmark_prints_table_and_bound():
   assert all(float(r[3]) > 0 for r in rows)
   assert "GFLOP/s (float32 GEMM peak" in out
   assert "ssim grey B=128 64x64x1: 373 FLOP/pixel" in out
+  volumes = [line.split()[2] for line in out.splitlines() if line.startswith("B=8 64x64x64x1")]
+  assert volumes == ["l2", "ssim"]  # the 3-D row (peers only with --peers-python)
+  assert "ssim grey B=8 64x64x64x1: 527 FLOP/pixel" in out
