@@ -12,6 +12,7 @@ from perceptual.deep import (
   alexnet_random_params,
   deepsim_feature_loss,
   lpips,
+  lpips_map,
   vgg16_features,
 )
 from perceptual.gradient import chroma_similarity, chroma_similarity_map, gms_map, gmsd, gmsm

@@ -227,27 +227,56 @@ def lpips(
   Returns:
     `[B]` distances, >= 0.
   """
+  maps = _lpips_layer_maps(x, y, net, params, dropout_key, dropout_rate, "lpips")
+  return sum(jnp.mean(m, axis=(1, 2)) for m in maps)
+
+
+def lpips_map(
+  x: jax.Array, y: jax.Array, *, net: str = "alex", params: dict | None = None
+) -> jax.Array:
+  """LPIPS per position: the distance map of the reference package's `spatial=True`.
+
+  Each tap's per-position distance (the head-weighted squared difference of the normalised
+  features, `[B, h, w]` at that tap's resolution) is resized bilinearly to the input's H x W
+  (half-pixel centres, PyTorch's `align_corners=False`) and the taps are summed. `lpips` is the
+  sum of the taps' means at their own resolutions; the mean of this map is close to it, not
+  equal (the resize does not preserve means at the borders).
+
+  Args:
+    x, y, net, params: as in `lpips`.
+
+  Returns:
+    `[B, H, W, 1]`, >= 0, 0 for identical images.
+  """
+  maps = _lpips_layer_maps(x, y, net, params, None, 0.0, "lpips_map")
+  b, h, w = x.shape[:3]
+  resize = lambda m: jax.image.resize(m, (b, h, w), method="bilinear", antialias=False)
+  return sum(resize(m) for m in maps)[..., None]
+
+
+def _lpips_layer_maps(x, y, net, params, dropout_key, dropout_rate, metric):
+  """Per tap, the head-weighted squared differences of the normalised features: `[B, h, w]`."""
   if net not in LPIPS_TAPS:
-    raise ValueError(f"lpips: net must be one of {sorted(LPIPS_TAPS)}, got {net!r}.")
-  x, y = _as_rgb_pair(x, y, metric="lpips")
+    raise ValueError(f"{metric}: net must be one of {sorted(LPIPS_TAPS)}, got {net!r}.")
+  x, y = _as_rgb_pair(x, y, metric=metric)
   taps = LPIPS_TAPS[net]
-  _check_size(x, taps[-1], metric=f"lpips-{net}")
+  _check_size(x, taps[-1], metric=f"{metric}-{net}")
   params = tree_astype(lpips_params(net=net) if params is None else params, x.dtype)
   # Two passes, not one over the stacked batch: the backward pass of a loss on y then runs
   # through y's half only (with a stacked batch it runs through both, twice the work).
   features_x = _FEATURES[net](params["backbone"], x, layers=taps)
   features_y = _FEATURES[net](params["backbone"], y, layers=taps)
   if not 0.0 <= dropout_rate < 1.0:
-    raise ValueError(f"lpips: dropout_rate must be in [0, 1), got {dropout_rate}.")
-  distance = jnp.zeros(x.shape[0], x.dtype)
+    raise ValueError(f"{metric}: dropout_rate must be in [0, 1), got {dropout_rate}.")
+  maps = []
   for i, tap in enumerate(taps):
     fx, fy = features_x[tap], features_y[tap]
     squared = jnp.square(_unit_normalise(fx) - _unit_normalise(fy))
     if dropout_key is not None and dropout_rate > 0:
       keep = jax.random.bernoulli(jax.random.fold_in(dropout_key, i), 1 - dropout_rate, fx.shape)
       squared = jnp.where(keep, squared / (1 - dropout_rate), 0.0)
-    distance += jnp.mean(jnp.sum(squared * params["heads"][tap], axis=-1), axis=(1, 2))
-  return distance
+    maps.append(jnp.sum(squared * params["heads"][tap], axis=-1))
+  return maps
 
 
 def deepsim_feature_loss(

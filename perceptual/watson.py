@@ -194,10 +194,13 @@ def _log_with_bounded_slope_jvp(primals, tangents):
   return jnp.log(u), tangents[0] * u / (u * u + u_floor * u_floor)
 
 
-def _pool(d: jax.Array, beta: jax.Array, mask: jax.Array | None) -> jax.Array:
-  """Sums the terms `[B, C, K, F]` of each image and channel: `[B, C]`, beta-pooled."""
+def _pool(d: jax.Array, beta: jax.Array, mask: jax.Array | None, per_block: bool) -> jax.Array:
+  """Sums the terms `[B, C, K, F]` of each image and channel: `[B, C]`, beta-pooled; with
+  `per_block`, of each block: `[B, C, K]`."""
   if mask is not None:
     d = d * mask
+  if per_block:
+    return jnp.sum(d + EPS, axis=3) ** (1 / beta[:, :, None])
   return jnp.sum(d + EPS, axis=(2, 3)) ** (1 / beta)
 
 
@@ -441,18 +444,18 @@ def _luminance(x: jax.Array, kind: str, luminance: str) -> jax.Array:
   return jnp.broadcast_to(jnp.mean(lum, axis=0), lum.shape) if luminance == "batch" else lum
 
 
-def _dct(x, y, lum, mask, *, p):
-  """Watson-DCT per image and channel, `[B, C]`."""
+def _dct(x, y, lum, mask, *, p, per_block=False):
+  """Watson-DCT per image and channel, `[B, C]` (`per_block`: per block, `[B, C, K]`)."""
   # T(x - y) for C0 - C1: exactly 0 where y == x (two GEMMs may round differently, and a 1-ulp
   # difference would give a large gradient at y == x through the beta < 1 power).
   (c0,), (diff,) = _blocks(x, _DCT_BASIS), _blocks(x - y, _DCT_BASIS)
   beta = p["beta"][None, :, None, None]
   d = _terms(abs_sign_grad(diff), _thresholds(c0, lum, p), beta, None)
-  return _pool(d, p["beta"], mask)
+  return _pool(d, p["beta"][None], mask, per_block)
 
 
-def _dft(x, y, lum, amp_mask, phase_mask, *, p, w_phase, stable):
-  """Watson-DFT per image and channel, `[B, C]`."""
+def _dft(x, y, lum, amp_mask, phase_mask, *, p, w_phase, stable, per_block=False):
+  """Watson-DFT per image and channel, `[B, C]` (`per_block`: per block, `[B, C, K]`)."""
   (re0, im0), (dre, dim) = _blocks(x, *_DFT_BASES), _blocks(y - x, *_DFT_BASES)
   re1, im1 = re0 + dre, im0 + dim
   if stable:
@@ -487,7 +490,8 @@ def _dft(x, y, lum, amp_mask, phase_mask, *, p, w_phase, stable):
     )
   if phase_mask is not None:
     angle = angle * phase_mask
-  return _pool(d, p["beta"], amp_mask) + jnp.sum(angle, axis=(2, 3))
+  phase = jnp.sum(angle, axis=3 if per_block else (2, 3))
+  return _pool(d, p["beta"][None], amp_mask, per_block) + phase
 
 
 def watson_dct(
@@ -500,6 +504,7 @@ def watson_dct(
   fitting: bool = False,
   dropout_key: jax.Array | None = None,
   dropout_rate: float = 0.5,
+  per_block: bool = False,
 ) -> jax.Array:
   """Watson-DCT distance: masked 8x8 block-DCT differences, beta-pooled per image.
 
@@ -515,22 +520,40 @@ def watson_dct(
     dropout_key: with `fitting=True`, drops per-coefficient terms at `dropout_rate` (the
       authors fitted with 0.5); None gives the deterministic (eval-mode) distance.
     dropout_rate: probability of dropping a term; kept ones are scaled by 1 / (1 - rate).
+    per_block: return the map of the blocks' distances, `[B, H / 8, W / 8]`: each block's terms
+      beta-pooled on their own (the distance of that block alone, with the luminance masking of
+      the whole image or batch), channel-weighted. The distance pools the same terms over all
+      blocks: `watson_dct = (sum of map^beta)^(1 / beta)` for grey images (up to the EPS terms).
 
   Returns:
-    `[B]` distances, >= 0.
+    `[B]` distances, >= 0 (with `per_block`, `[B, H / 8, W / 8]`).
   """
+  _check_per_block(per_block, key, "watson_dct")
   x, y, p, weights = _prepare(
     x, y, params, key, "dct", "watson_dct", luminance, dropout_key, dropout_rate, fitting
   )
+  blocks = (x.shape[0], x.shape[1] // 8, x.shape[2] // 8)
   lum = _luminance(x, "dct", luminance)
   x, y = _planes(x), _planes(y)
   mask = _dropout(dropout_key, dropout_rate, x, 64)
 
   def per_image(images, shared):
     (x, y, lum, mask), (p, weights) = images, shared
-    return _dct(x, y, lum, mask, p=p) @ weights.astype(x.dtype)
+    d = _dct(x, y, lum, mask, p=p, per_block=per_block)
+    return _channel_weighted(d, weights)
 
-  return batching.map_batch(per_image, (x, y, lum, mask), shared=(p, weights))
+  d = batching.map_batch(per_image, (x, y, lum, mask), shared=(p, weights))
+  return d.reshape(blocks) if per_block else d
+
+
+def _check_per_block(per_block: bool, key, metric: str) -> None:
+  if per_block and key is not None:
+    raise ValueError(f"{metric}: per_block maps the fixed 8x8 grid; pass key=None with it.")
+
+
+def _channel_weighted(d: jax.Array, weights: jax.Array) -> jax.Array:
+  """`[B, C]` (or per block `[B, C, K]`) -> the channel-weighted sum, `[B]` (`[B, K]`)."""
+  return jnp.einsum("bc...,c->b...", d, weights.astype(d.dtype))
 
 
 def watson_dft(
@@ -544,6 +567,7 @@ def watson_dft(
   fitting: bool = False,
   dropout_key: jax.Array | None = None,
   dropout_rate: float = 0.5,
+  per_block: bool = False,
 ) -> jax.Array:
   """Watson-DFT distance: Watson-DCT's model on 8x8 block-DFT amplitudes plus a phase term.
 
@@ -596,10 +620,14 @@ def watson_dft(
     dropout_key: with `fitting=True`, drops per-coefficient terms (amplitude and phase, with
       independent masks) at `dropout_rate`; None gives the deterministic distance.
     dropout_rate: probability of dropping a term; kept ones are scaled by 1 / (1 - rate).
+    per_block: return the map of the blocks' distances, `[B, H / 8, W / 8]`: each block's
+      amplitude terms beta-pooled on their own plus its phase terms (the distance of that block
+      alone, with the luminance masking of the whole image or batch), channel-weighted.
 
   Returns:
-    `[B]` distances, >= 0.
+    `[B]` distances, >= 0 (with `per_block`, `[B, H / 8, W / 8]`).
   """
+  _check_per_block(per_block, key, "watson_dft")
   if formulation not in ("stable", "reference"):
     raise ValueError(
       f'watson_dft: formulation must be "stable" or "reference", got {formulation!r}.'
@@ -615,9 +643,13 @@ def watson_dft(
   keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
   masks = tuple(_dropout(k, dropout_rate, x, 40) for k in keys)
 
+  blocks = (x.shape[0], x.shape[2] // 8, x.shape[3] // 8)  # x: planes [B, C, H, W]
+
   def per_image(images, shared):
     (x, y, lum, masks), (p, w_phase, weights) = images, shared
-    d = _dft(x, y, lum, *masks, p=p, w_phase=w_phase, stable=formulation == "stable")
-    return d @ weights.astype(x.dtype)
+    stable = formulation == "stable"
+    d = _dft(x, y, lum, *masks, p=p, w_phase=w_phase, stable=stable, per_block=per_block)
+    return _channel_weighted(d, weights)
 
-  return batching.map_batch(per_image, (x, y, lum, masks), shared=(p, w_phase, weights))
+  d = batching.map_batch(per_image, (x, y, lum, masks), shared=(p, w_phase, weights))
+  return d.reshape(blocks) if per_block else d

@@ -375,25 +375,3 @@ def test_bad_masks_say_what_is_wrong():
     perceptual.ssim(x, x, mask=np.ones((2, 32, 32)), sample_covariance=True)
   with pytest.raises(ValueError, match="downsample=True takes no mask"):
     perceptual.ssim(x, x, mask=np.ones((2, 32, 32)), downsample=True)
-
-
-@pytest.mark.parametrize("shape", [(2, 45, 50, 3), (1, 22, 25, 27, 2)], ids=["images", "volumes"])
-def test_ms_ssim_is_the_weighted_product_of_its_maps_means(shape):
-  x, y = (jnp.float32(v) for v in _noisy_pair(shape, seed=19, noise=0.3))
-  weights = (0.3, 0.3, 0.4)
-  for mask in (None, _soft_mask(shape[:-1], seed=20)):
-    maps = perceptual.ms_ssim_maps(x, y, filter_size=5, weights=weights, mask=mask)
-    assert [m.shape[-1] for m in maps] == [shape[-1]] * 3 and maps[1].shape[1] == (
-      shape[1] + 1
-    ) // 2 - 4
-    if mask is None:
-      means = [jnp.mean(m, axis=tuple(range(1, m.ndim - 1))) for m in maps]  # [B, C]
-      expected = jnp.mean(
-        np.prod([jnp.maximum(t, 0) ** w for t, w in zip(means, weights, strict=True)], axis=0),
-        axis=-1,
-      )
-      np.testing.assert_allclose(
-        perceptual.ms_ssim(x, y, filter_size=5, weights=weights), expected, rtol=2e-6
-      )
-    else:  # the last scale's map is SSIM's map of the twice-pooled images: finite, at most 1
-      assert all(np.isfinite(np.asarray(m)).all() and np.max(m) <= 1.0 for m in maps)
