@@ -95,9 +95,9 @@ def ssim(
   options = (max_val, window, k1, k2, padding, sample_covariance)
   if mask is None:
     spatial = tuple(range(1, x.ndim - 1))
-    mean_ssim = lambda pair, _: jnp.mean(_ssim_values(*pair, *options)[0], axis=spatial)
+    mean_ssim = lambda pair, _: jnp.mean(_ssim_values(pair, options)[0], axis=spatial)
     return batching.map_batch(mean_ssim, (x, y))
-  return batching.map_batch(lambda t, _: _masked_mean(*_ssim_values(*t, *options)), (x, y, mask))
+  return batching.map_batch(lambda t, _: _masked_mean(*_ssim_values(t, options)), (x, y, mask))
 
 
 def ssim_map(
@@ -132,7 +132,7 @@ def ssim_map(
   )
   options = (max_val, window, k1, k2, padding, sample_covariance)
   batched = (x, y) if mask is None else (x, y, mask)
-  values = batching.map_batch(lambda t, _: _ssim_values(*t, *options)[0], batched)
+  values = batching.map_batch(lambda t, _: _ssim_values(t, options)[0], batched)
   return values.reshape(*values.shape[:-1], -1, x.shape[-1])
 
 
@@ -216,7 +216,7 @@ def ms_ssim(
   b, *spatial, c = x.shape
   planes = lambda v: jnp.moveaxis(v, -1, 1).reshape(b * c, *spatial, 1)
   batched = tuple(map(planes, (x, y) if mask is None else (x, y, mask)))
-  values = batching.map_batch(lambda t, _: _ms_ssim_values(*t, *options), batched)
+  values = batching.map_batch(lambda t, _: _ms_ssim_values(t, options), batched)
   values = values.reshape(b, c)
   if mask is None:
     return jnp.mean(values, axis=-1)
@@ -310,15 +310,15 @@ def ms_ssim_maps(
   b, *spatial, c = x.shape
   planes = lambda v: jnp.moveaxis(v, -1, 1).reshape(b * c, *spatial, 1)
   batched = tuple(map(planes, (x, y) if mask is None else (x, y, mask)))
-  maps = batching.map_batch(lambda t, _: [m for m, _ in _ms_ssim_maps(*t, *options)], batched)
+  maps = batching.map_batch(lambda t, _: [m for m, _ in _ms_ssim_maps(t, options)], batched)
   return [jnp.moveaxis(m.reshape(b, c, *m.shape[1:]), 1, -1) for m in maps]
 
 
-def _ms_ssim_maps(x, y, *rest):
-  """The term maps of every scale (cs, the last lum * cs) of checked images (with a mask,
-  `x, y, mask`) as `[B, ..., W' * C]`, and their weights (None without a mask)."""
-  mask = rest[0] if len(rest) == 10 else None
-  max_val, window, k1, k2, padding, covariance, weights, _, odd = rest[-9:]
+def _ms_ssim_maps(images, options):
+  """The term maps of every scale (cs, the last lum * cs) of checked `images` (x, y[, mask]) as
+  `[B, ..., W' * C]`, and their weights (None without a mask)."""
+  x, y, mask = (*images, None)[:3]
+  max_val, window, k1, k2, padding, covariance, weights, _, odd = options
   maps = []
   for scale in range(len(weights)):
     if scale:
@@ -329,13 +329,14 @@ def _ms_ssim_maps(x, y, *rest):
   return maps
 
 
-def _ms_ssim_values(x, y, *rest):
-  """MS-SSIM of checked images (with a mask, `x, y, mask`), `[B]`."""
-  weights, normalize = rest[-3:-1]
+def _ms_ssim_values(images, options):
+  """MS-SSIM of checked `images` (x, y[, mask]), `[B]`."""
+  weights, normalize = options[-3:-1]
+  channels = images[0].shape[-1]
   terms = []
-  for term, weight in _ms_ssim_maps(x, y, *rest):
+  for term, weight in _ms_ssim_maps(images, options):
     if weight is None:
-      terms.append(_channel_mean(term, x.shape[-1]))  # [B, C]
+      terms.append(_channel_mean(term, channels))  # [B, C]
     else:
       terms.append(_masked_mean(term, weight)[:, None])  # planes: one channel
   value = 1.0
@@ -456,11 +457,12 @@ def _masked_mean(values, weights):
   return _weighted_mean(values.reshape(b, -1), weights.reshape(b, -1), axis=-1)
 
 
-def _ssim_values(x, y, *rest):
-  """The SSIM map of checked images as `[B, ..., W' * C]`, and the weights of its positions (the
-  mask at each window's centre; None without one). `rest` = [mask,] max_val, window, k1, k2,
-  padding, sample_covariance."""
-  lum, cs, weights = _ssim_terms(x, y, *rest[-6:], rest[0] if len(rest) == 7 else None)
+def _ssim_values(images, options):
+  """The SSIM map of checked `images` (x, y[, mask]) as `[B, ..., W' * C]`, and the weights of
+  its positions (the mask at each window's centre; None without one). `options` = max_val,
+  window, k1, k2, padding, sample_covariance."""
+  x, y, mask = (*images, None)[:3]
+  lum, cs, weights = _ssim_terms(x, y, *options, mask)
   return _at_most_one(lum * cs), weights
 
 
