@@ -82,7 +82,7 @@ def filter_separable(
   taps, x = _taps_and_padded(x, kernel, padding, spatial=tuple(range(-dims - 1, -1)))
   *lead, w, c = x.shape
   planes = x.reshape(*lead, w * c)
-  if dims == 3:  # depth first, into memory: fused into the next pass it would be recomputed per tap
+  if dims == 3:  # depth first, evaluated into memory (see `materialized`)
     planes = materialized(lambda p: _shift_filter(p, taps, -3, 1), planes)
   planes = _shift_filter(planes, taps, -2, 1)
   planes = materialized(lambda p: _shift_filter(p, taps, -1, c), planes)
