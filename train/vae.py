@@ -7,9 +7,11 @@
 
 Objective `lambda * sum_batch L_rec(x, x_hat) + sum_batch KLD`, Adam with the learning rate halved
 every 100 (MNIST) / 20 (CelebA) epochs. With `l2_warmup` epochs, L_rec is first the summed squared
-error, then blends linearly into the chosen loss over `l2_blend` epochs (the short MNIST run's
-recipe; 0 is the paper's). The workdir gets config.json, metrics.jsonl, checkpoints/
-and PNGs (reconstructions, samples, the latent manifold for a 2-d latent, interpolations). On
+error (with `l2_scale="loss"` rescaled to the loss's value), then blends linearly into the chosen
+loss over `l2_blend` epochs; with `freeze_encoder` the encoder learns only while L2 has a share
+(the short MNIST run's recipe; the paper trains on the loss alone). The workdir gets
+config.json, metrics.jsonl, checkpoints/ and PNGs (reconstructions, samples, the latent manifold
+for a 2-d latent, interpolations). On
 MNIST-like data the last line of metrics.jsonl holds the digit classifier's `final_digits_*` scores
 of the final state (`train.digits`: class accuracy of reconstructions, coverage of samples).
 """
@@ -45,13 +47,14 @@ LOG_LAMBDA = {
   },
 }
 # Training on the loss alone from the first step, scored every epoch (as the paper does).
-LOSS_ONLY = dict(l2_warmup=0, l2_blend=0, eval_every=1)
+LOSS_ONLY = dict(l2_warmup=0, l2_blend=0, freeze_encoder=False, eval_every=1)
 PRESETS = {  # arch -> defaults for the fields left unset (None / "")
   # The default MNIST run is a 10-minute version of the authors' 250 epochs: 11 epochs at 10x
-  # their learning rate, the first 6 on L2, blended into the loss over the next 3 (see
-  # docs/vae_short_run.md: trained from scratch for 500 steps, Watson-DFT organises the 2-d latent
-  # by stroke texture, not digit class). At 1e-4, 6 epochs of Watson-DFT leave a flat grey image
-  # (test PSNR 6.4); at 3e-3 the decoder dies (black images) within the first epoch.
+  # their learning rate, the first 6 on L2 (scaled to the loss's value), blended into the loss
+  # over the next 3, the encoder frozen as L2 hands over (see docs/vae_short_run.md: trained
+  # from scratch for 500 steps, Watson-DFT organises the 2-d latent by stroke texture, not digit
+  # class). At 1e-4, 6 epochs of Watson-DFT leave a flat grey image (test PSNR 6.4); at 3e-3 the
+  # decoder dies (black images) within the first epoch.
   # `--schedule=paper` is theirs (PAPER_SCHEDULE).
   "mnist": dict(
     dataset="mnist_embedded",
@@ -63,6 +66,7 @@ PRESETS = {  # arch -> defaults for the fields left unset (None / "")
     learning_rate=1e-3,
     l2_warmup=6,
     l2_blend=3,
+    freeze_encoder=True,
     eval_every=3,
   ),
   "celeba": dict(
@@ -123,6 +127,18 @@ class Config(config_lib.Loop):
   l2_blend: int | None = config_lib.documented(
     None, "epochs over which L2 blends linearly into the loss after l2_warmup (mnist 3)"
   )
+  l2_scale: str = config_lib.choice(
+    "loss",
+    ("loss", "pixels"),
+    "the L2 term while it has a share: loss = the summed squared error rescaled, per batch, to "
+    "the value of lambda * loss (the KL term keeps the weight it has against the loss); pixels = "
+    "the summed squared error as it is",
+  )
+  freeze_encoder: bool | None = config_lib.documented(
+    None,
+    "the encoder learns at the L2 share of the learning rate, so it stops when L2 has handed "
+    "over and the loss trains the decoder on the latent layout L2 learnt (mnist: on)",
+  )
   eval_every: int | None = config_lib.documented(
     None, "epochs between test evaluations, pictures and checkpoints (mnist 3, else 1)"
   )
@@ -162,7 +178,17 @@ def resolve(config: Config) -> Config:
     filled["latent"] = 2 if config.arch in ("mnist", "tiny") else 256
   if not config.workdir:
     filled["workdir"] = os.path.join("runs", f"vae_{config.arch}_{config.loss}")
-  return dataclasses.replace(config, **filled)
+  no_l2 = not (filled.get("l2_warmup", config.l2_warmup) or filled.get("l2_blend", config.l2_blend))
+  if config.freeze_encoder is None and no_l2:  # the preset's choice needs L2 epochs
+    filled["freeze_encoder"] = False
+  config = dataclasses.replace(config, **filled)
+  if config.freeze_encoder and no_l2:
+    raise ValueError(
+      "--freeze_encoder stops the encoder when L2 hands over to the loss, and this run has no "
+      "L2 epochs (--l2_warmup=0 --l2_blend=0): its encoder would never learn. Pass "
+      "--freeze_encoder=false or give it L2 epochs."
+    )
+  return config
 
 
 class TrainState(NamedTuple):
@@ -192,11 +218,15 @@ def make_steps(
   loss_weight: float,
   *,
   l2_steps: tuple[int, int] = (0, 0),
+  l2_scale: str = "pixels",
 ):
   """The pure train and eval steps; consts = {"loss": params, "metrics": {name: params}}.
 
   `l2_steps` = (warm-up, blend) in steps: the training objective's reconstruction term is
-  `share * sum_pixels (x - x_hat)^2 + (1 - share) * loss_weight * loss`, `share = l2_share(step)`.
+  `share * w * sum_pixels (x - x_hat)^2 + (1 - share) * loss_weight * loss`,
+  `share = l2_share(step)`, summed over the batch; w = 1 with `l2_scale="pixels"`, and with
+  "loss" the batch's `loss_weight * loss / sum (x - x_hat)^2`, held constant under
+  differentiation: the L2 term then has the loss term's value and L2's gradient direction.
   The eval step scores `loss` alone.
   """
 
@@ -213,8 +243,13 @@ def make_steps(
       total = loss_weight * jnp.sum(rec)
       if any(l2_steps):
         share = l2_share(state.step, *l2_steps)
-        squared_error = jnp.sum(jnp.square(recon - x), axis=(1, 2, 3))
-        total = share * jnp.sum(squared_error) + (1 - share) * total
+        squared_error = jnp.sum(jnp.square(recon - x))
+        if l2_scale == "loss":
+          tiny = jnp.finfo(squared_error.dtype).tiny
+          squared_error = squared_error * jax.lax.stop_gradient(
+            total / jnp.maximum(squared_error, tiny)
+          )
+        total = share * squared_error + (1 - share) * total
       total = total + jnp.sum(kld)
       return total, (updates.get("batch_stats", {}), jnp.mean(rec), jnp.mean(kld))
 
@@ -317,6 +352,12 @@ def create(config: Config, steps_per_epoch: int):
     config.learning_rate, config.halve_every * steps_per_epoch, 0.5, staircase=True
   )
   tx = optax.adam(schedule)
+  if config.freeze_encoder:  # the encoder's updates scaled by the L2 share of the objective
+    l2_steps = (config.l2_warmup * steps_per_epoch, config.l2_blend * steps_per_epoch)
+    encoder = optax.chain(tx, optax.scale_by_schedule(lambda step: l2_share(step, *l2_steps)))
+    tx = optax.multi_transform(
+      {"encoder": encoder, "decoder": tx}, lambda params: {name: name for name in params}
+    )
   shape = (1, config.image_size, config.image_size, config.channels)
 
   @jax.jit  # one compiled program instead of one per initializer: seconds faster to start
@@ -383,6 +424,7 @@ def train(config: Config) -> TrainState:
     loss,
     config.loss_weight,
     l2_steps=(config.l2_warmup * steps_per_epoch, config.l2_blend * steps_per_epoch),
+    l2_scale=config.l2_scale,
   )
 
   def on_epoch_end(state, epoch):

@@ -150,6 +150,70 @@ def test_l2_warmup_blends_the_objective(share):
     assert np.linalg.norm(got - want) <= 1e-3 * np.linalg.norm(scale) + 1e-6
 
 
+def test_l2_scaled_to_the_loss_has_its_value_and_l2s_direction():
+  config = vae_train.resolve(vae_train.Config(loss="watson_dft", arch="tiny", batch_size=8))
+  model, _, state = vae_train.create(config, 100)
+  sgd = optax.sgd(1.0)
+  state = state._replace(opt_state=sgd.init(state.params))
+  dataset = data.load(config.dataset, image_size=32, channels=1)
+  batch = next(data.batches(dataset.train, batch_size=8, seed=0, epoch=0))
+  consts = {"loss": perceptual.LOSSES["watson_dft"].params(1), "metrics": {}}
+  grads = {}
+  for scale in ("pixels", "loss"):  # during the warm-up: L2 alone (and the KL term)
+    step, _ = vae_train.make_steps(
+      model, sgd, perceptual.LOSSES["watson_dft"], config.loss_weight, l2_steps=(5, 5),
+      l2_scale=scale,
+    )  # fmt: skip
+    new, _ = jax.jit(step)(state, batch, jax.random.key(3), consts)
+    grads[scale] = jax.tree.map(lambda a, b: a - b, state.params, new.params)
+  # The decoder's gradient comes from the reconstruction term alone: "loss" scales it by one
+  # factor, lambda * Watson-DFT / squared error of the batch (hundreds here), the same for all.
+  ratios = [
+    np.linalg.norm(a) / np.linalg.norm(b)
+    for a, b in zip(
+      *(jax.tree.leaves(grads[s]["decoder"]) for s in ("loss", "pixels")), strict=True
+    )
+  ]
+  assert min(ratios) > 10 and max(ratios) / min(ratios) < 1 + 1e-4
+  for a, b in zip(*(jax.tree.leaves(grads[s]["decoder"]) for s in ("loss", "pixels")), strict=True):
+    np.testing.assert_allclose(a, b * ratios[0], rtol=1e-3, atol=1e-6 * np.abs(a).max())
+
+
+def test_the_frozen_encoder_learns_only_while_l2_has_a_share():
+  # Warm-up 1 step, blend 1 step (steps_per_epoch=1): L2's share is 1, 1, 0, 0 at steps 0..3.
+  config = vae_train.resolve(
+    vae_train.Config(
+      loss="watson_dft", arch="tiny", batch_size=8, l2_warmup=1, l2_blend=1, freeze_encoder=True
+    )
+  )
+  model, tx, state = vae_train.create(config, 1)
+  loss = perceptual.LOSSES["watson_dft"]
+  step, _ = vae_train.make_steps(model, tx, loss, config.loss_weight, l2_steps=(1, 1))
+  step = jax.jit(step)
+  consts = {"loss": loss.params(1), "metrics": {}}
+  dataset = data.load(config.dataset, image_size=32, channels=1)
+  batch = next(data.batches(dataset.train, batch_size=8, seed=0, epoch=0))
+
+  def changed(old, new, part):
+    pairs = zip(jax.tree.leaves(old.params[part]), jax.tree.leaves(new.params[part]), strict=True)
+    return any(bool(np.any(a != b)) for a, b in pairs)
+
+  moved = []
+  for i in range(4):
+    new, _ = step(state, batch, jax.random.key(i), consts)
+    moved.append((changed(state, new, "encoder"), changed(state, new, "decoder")))
+    state = new
+  assert moved == [(True, True), (True, True), (False, True), (False, True)]
+
+
+def test_the_frozen_encoder_is_the_short_runs_and_needs_l2_epochs():
+  assert vae_train.resolve(vae_train.Config()).freeze_encoder
+  assert not vae_train.resolve(vae_train.Config(schedule="paper")).freeze_encoder
+  assert not vae_train.resolve(vae_train.Config(l2_warmup=0, l2_blend=0)).freeze_encoder
+  with pytest.raises(ValueError, match="its encoder would never learn"):
+    vae_train.resolve(vae_train.Config(l2_warmup=0, l2_blend=0, freeze_encoder=True))
+
+
 def test_config_change_on_resume_is_refused():
   with tempfile.TemporaryDirectory() as workdir:
     vae_train.train(vae_train.Config(loss="l2", arch="tiny", workdir=workdir, max_steps=1, **FAST))
