@@ -105,7 +105,7 @@ def test_pictures_reuse_compiled_programs():
 
 def test_schedules_short_by_default_and_the_papers_one_flag_away():
   short = vae_train.resolve(vae_train.Config())
-  assert (short.epochs, short.learning_rate, short.l2_warmup, short.l2_blend) == (11, 1e-3, 6, 3)
+  assert (short.epochs, short.learning_rate, short.l2_warmup, short.l2_blend) == (14, 1e-3, 8, 3)
   paper = vae_train.resolve(vae_train.Config(schedule="paper"))
   assert (paper.epochs, paper.learning_rate, paper.l2_warmup, paper.l2_blend) == (250, 1e-4, 0, 0)
   assert paper.eval_every == 1 and paper.loss_weight == short.loss_weight
