@@ -1,6 +1,6 @@
 """Train the VAEs of Czolbe et al. (2020) with any loss of `perceptual.LOSSES`.
 
-    python -m train.vae --loss=watson_dft                 # MNIST config, embedded data, ~4-7 min
+    python -m train.vae --loss=watson_dft                 # MNIST config, embedded data, ~5-7 min
     python -m train.vae --loss=watson_dft --schedule=paper   # Czolbe et al.'s 250 epochs at 1e-4
     python -m train.vae --loss=ssim --arch=celeba --dataset=skimage_patches
     python -m train.vae --loss=l2 --dataset=tfds:celeb_a --arch=celeba   # when prepared in tfds
