@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from perceptual import checks, color
+from perceptual import checks, color, masks
 
 # GMSD's T = 170 for 8-bit images, expressed for [0, 1] data (piq's default `t`).
 GMS_C = 170.0 / 255.0**2
@@ -222,13 +222,10 @@ def _gms_dissimilarity(x, y, max_val, c, downsample, mask, *, name):
   # weighted mean of the luma it covers, odd edges not averaged with zeros); a position counts
   # (with the pooled weight) only when its whole 3x3 Prewitt window has weight > 0, so no
   # gradient is taken across a weight-0 pixel.
-  m = jnp.min(checks.as_mask(mask, x, metric=name), axis=-1)
-  lx, ly = (jnp.where(m > 0, _luma(v, max_val), 0.0) for v in (x, y))
+  m = jnp.min(masks.checked(mask, x, metric=name), axis=-1)
+  lx, ly = masks.zeroed(m, _luma(x, max_val), _luma(y, max_val))
   if downsample:
-    pooled = _downsample(m)
-    safe = jnp.where(pooled > 0, pooled, 1.0)
-    lx, ly = (jnp.where(pooled > 0, _downsample(m * v) / safe, 0.0) for v in (lx, ly))
-    m = pooled
+    m, lx, ly = masks.normalised_pool(_downsample, m, lx, ly)
   inside = jnp.pad(m > 0, ((0, 0), (1, 1), (1, 1)), constant_values=True)  # borders as piq's
   h, w = m.shape[1:]
   whole = functools.reduce(
@@ -268,7 +265,7 @@ def gmsm(
   d, weights = _gms_dissimilarity(x, y, max_val, c, downsample, mask, name="gmsm")
   if weights is None:
     return 1.0 - _spatial_mean(d)
-  return 1.0 - _weighted_spatial_mean(d[..., 0], weights, empty=0.0)
+  return 1.0 - masks.weighted_mean(d[..., 0], weights, (1, 2), empty=0.0)
 
 
 def gmsd(
@@ -312,19 +309,12 @@ def gmsd(
     pixels = d.shape[1] * d.shape[2]
   else:
     d = d[..., 0]
-    mean = _weighted_spatial_mean(d, weights, empty=0.0)[:, None, None]
-    variance = _weighted_spatial_mean(jnp.square(d - mean), weights, empty=0.0)
+    mean = masks.weighted_mean(d, weights, (1, 2), empty=0.0)[:, None, None]
+    variance = masks.weighted_mean(jnp.square(d - mean), weights, (1, 2), empty=0.0)
     pixels = jnp.sum(weights, axis=(1, 2))
   if ddof:
     variance = jnp.where(pixels > ddof, variance * (pixels / jnp.maximum(pixels - ddof, 1)), 0.0)
   return _sqrt_zero_grad(variance)
-
-
-def _weighted_spatial_mean(v: jax.Array, weights: jax.Array, *, empty: float) -> jax.Array:
-  """sum(w v) / sum(w) over `[B, H, W]`, per image; `empty` (zero gradient) where sum(w) = 0."""
-  total = jnp.sum(weights, axis=(1, 2))
-  safe = jnp.where(total > 0, total, 1.0)
-  return jnp.where(total > 0, jnp.sum(weights * v, axis=(1, 2)) / safe, empty)
 
 
 def chroma_similarity(

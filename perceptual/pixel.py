@@ -8,7 +8,7 @@ All functions take a reference `x` and a distorted image `y`, float `[B, H, W, C
 import jax
 import jax.numpy as jnp
 
-from perceptual import checks
+from perceptual import checks, masks
 
 
 def mse(x: jax.Array, y: jax.Array, *, mask: jax.Array | None = None) -> jax.Array:
@@ -54,11 +54,9 @@ def _mean(error, x, y, mask, metric):
   axes = tuple(range(1, x.ndim))
   if mask is None:
     return jnp.mean(error(x - y), axis=axes)
-  m = checks.as_mask(mask, x, metric=metric)
-  d = jnp.where(m > 0, x - y, 0.0)
-  total = jnp.sum(m, axis=axes)
-  safe = jnp.where(total > 0, total, 1.0)
-  return jnp.sum(m * error(d), axis=axes) / safe
+  m = masks.checked(mask, x, metric=metric)
+  (d,) = masks.zeroed(m, x - y)
+  return masks.weighted_mean(error(d), m, axes, empty=0.0)
 
 
 @jax.custom_jvp

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from perceptual import batching, checks, filters
+from perceptual import batching, checks, filters, masks
 
 # Wang et al. 2003, Table 1: exponents of the five scales, finest first.
 WANG_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -82,9 +82,10 @@ def ssim(
       / 256)), an F x F mean with symmetric borders, then every F-th pixel (IQA-PyTorch's and
       MATLAB's reference values use it). Images only, without a mask.
     mask: weights in [0, 1] of the pixels to compare, `[B, H, W]` (or `[B, D, H, W]`; any shape
-      that broadcasts to it, or per channel to the images' shape); see `_masked` for the
-      definition. Pixels of weight 0 do not change the value (whatever they hold, NaN included)
-      and get a zero gradient.
+      that broadcasts to it, or per channel to the images' shape); the local statistics are
+      those of the pixels of weight > 0 (normalised convolution, see `_ssim_terms`), the value
+      the map's mean weighted by the mask at each window's centre. Pixels of weight 0 do not
+      change the value (whatever they hold, NaN included) and get a zero gradient.
 
   Returns:
     Mean SSIM per image, `[B]`, in [-1, 1].
@@ -221,7 +222,7 @@ def ms_ssim(
   if mask is None:
     return jnp.mean(values, axis=-1)
   mass = jnp.sum(mask, axis=tuple(range(1, x.ndim - 1)))  # [B, C]
-  return _weighted_mean(values, mass, axis=-1)
+  return masks.weighted_mean(values, mass, -1, empty=1.0)
 
 
 def _ms_ssim_inputs(
@@ -353,10 +354,8 @@ def _pooled(x, y, mask, odd):
   pool = functools.partial(filters.avg_pool, factor=2, odd=odd)
   if mask is None:
     return pool(x), pool(y), None
-  pooled_mask = pool(mask)
-  safe = jnp.where(pooled_mask > 0, pooled_mask, 1.0)
-  x, y = (jnp.where(pooled_mask > 0, pool(mask * v) / safe, 0.0) for v in (x, y))
-  return x, y, pooled_mask
+  mask, x, y = masks.normalised_pool(pool, mask, x, y)
+  return x, y, mask
 
 
 def _window(window, filter_size: int, filter_sigma: float, metric: str) -> np.ndarray:
@@ -432,29 +431,19 @@ def _checked_mask(mask, x, metric: str, sample_covariance: bool):
       f"{metric}: sample_covariance=True takes no mask (the N / (N - 1) of a partly masked window "
       "is not defined by any reference); use the population statistics with a mask."
     )
-  return checks.as_mask(mask, x, metric=metric)
+  return masks.checked(mask, x, metric=metric)
 
 
 def _masked_out(x, y, mask):
-  """`x`, `y` with 0 at weight-0 pixels: whatever those hold (NaN, inf) reaches no value and no
-  gradient."""
-  if mask is None:
-    return x, y
-  return jnp.where(mask > 0, x, 0.0), jnp.where(mask > 0, y, 0.0)
-
-
-def _weighted_mean(values, weights, axis):
-  """sum(w v) / sum(w) along `axis`; 1 (identical as far as can be seen) where sum(w) = 0, with a
-  zero gradient there."""
-  total = jnp.sum(weights, axis=axis)
-  safe = jnp.where(total > 0, total, 1.0)
-  return jnp.where(total > 0, jnp.sum(weights * values, axis=axis) / safe, 1.0)
+  """`x`, `y` with 0 at weight-0 pixels (`masks.zeroed`); unchanged without a mask."""
+  return (x, y) if mask is None else tuple(masks.zeroed(mask, x, y))
 
 
 def _masked_mean(values, weights):
-  """The masked mean of a merged map `[B, ..., W' * C]` per image: `[B]`."""
+  """The masked mean of a merged map `[B, ..., W' * C]` per image, `[B]`; 1 (identical as far as
+  can be seen) for an image whose weights are all 0."""
   b = values.shape[0]
-  return _weighted_mean(values.reshape(b, -1), weights.reshape(b, -1), axis=-1)
+  return masks.weighted_mean(values.reshape(b, -1), weights.reshape(b, -1), -1, empty=1.0)
 
 
 def _ssim_values(images, options):
@@ -497,7 +486,9 @@ def _ssim_terms(x, y, max_val, window, k1, k2, padding, sample_covariance, mask=
     mean_x = jax.lax.stop_gradient(jnp.mean(x, axis=axes))  # [B, C]
     mean_y = jax.lax.stop_gradient(jnp.mean(y, axis=axes))
   else:
-    mean_x, mean_y = (jax.lax.stop_gradient(_weighted_mean(v, mask, axes)) for v in (x, y))
+    mean_x, mean_y = (
+      jax.lax.stop_gradient(masks.weighted_mean(v, mask, axes, empty=1.0)) for v in (x, y)
+    )
   # Everything below works on the NHWC images viewed as [B, H, W * C] (a free reshape): no
   # channel transpose, and every elementwise loop runs along a long contiguous last axis (with C
   # as an axis of its own, XLA's loops ran 3 elements at a time and colour cost 9x grey).
@@ -521,8 +512,7 @@ def _ssim_terms(x, y, max_val, window, k1, k2, padding, sample_covariance, mask=
     mx, my = m * x, m * y
     count, mu_x = filtered(filters.materialized(lambda v: jnp.stack([m, v]), mx))
     mu_y, sq, xy = filtered(jnp.stack([my, mx * x + my * y, mx * y]))
-    safe = jnp.where(count > 0, count, 1.0)
-    mu_x, mu_y, sq, xy = (v / safe for v in (mu_x, mu_y, sq, xy))
+    mu_x, mu_y, sq, xy = (masks.ratio(v, count, empty=0.0) for v in (mu_x, mu_y, sq, xy))
     if centre is None:  # "VALID": the mask at each window's centre
       low = (filter_size - 1) // 2
       centre = mask[(slice(None), *(slice(low, low + n) for n in size))]
