@@ -211,6 +211,11 @@ def l2_share(step: jax.Array, warmup_steps: int, blend_steps: int) -> jax.Array:
   return jnp.clip(1.0 - (step - warmup_steps) / max(blend_steps, 1), 0.0, 1.0)
 
 
+def l2_phase_steps(config: Config, steps_per_epoch: int) -> tuple[int, int]:
+  """(warm-up, blend) of a resolved config in steps: the arguments of `l2_share`."""
+  return config.l2_warmup * steps_per_epoch, config.l2_blend * steps_per_epoch
+
+
 def make_steps(
   model: vae_models.VAE,
   tx: optax.GradientTransformation,
@@ -353,8 +358,8 @@ def create(config: Config, steps_per_epoch: int):
   )
   tx = optax.adam(schedule)
   if config.freeze_encoder:  # the encoder's updates scaled by the L2 share of the objective
-    l2_steps = (config.l2_warmup * steps_per_epoch, config.l2_blend * steps_per_epoch)
-    encoder = optax.chain(tx, optax.scale_by_schedule(lambda step: l2_share(step, *l2_steps)))
+    phases = l2_phase_steps(config, steps_per_epoch)
+    encoder = optax.chain(tx, optax.scale_by_schedule(lambda step: l2_share(step, *phases)))
     tx = optax.multi_transform(
       {"encoder": encoder, "decoder": tx}, lambda params: {name: name for name in params}
     )
@@ -423,7 +428,7 @@ def train(config: Config) -> TrainState:
     tx,
     loss,
     config.loss_weight,
-    l2_steps=(config.l2_warmup * steps_per_epoch, config.l2_blend * steps_per_epoch),
+    l2_steps=l2_phase_steps(config, steps_per_epoch),
     l2_scale=config.l2_scale,
   )
 
