@@ -223,9 +223,9 @@ def _gms_dissimilarity(x, y, max_val, c, downsample, mask, *, name):
   # (with the pooled weight) only when its whole 3x3 Prewitt window has weight > 0, so no
   # gradient is taken across a weight-0 pixel.
   m = jnp.min(masks.checked(mask, x, metric=name), axis=-1)
-  lx, ly = masks.zeroed(m, _luma(x, max_val), _luma(y, max_val))
+  lx, ly = masks.zeroed(m, _luma(x, max_val)), masks.zeroed(m, _luma(y, max_val))
   if downsample:
-    m, lx, ly = masks.normalised_pool(_downsample, m, lx, ly)
+    m, lx, ly = masks.normalised_pool(m, lx, ly, pool=_downsample)
   inside = jnp.pad(m > 0, ((0, 0), (1, 1), (1, 1)), constant_values=True)  # borders as piq's
   h, w = m.shape[1:]
   whole = functools.reduce(

@@ -47,9 +47,9 @@ def checked(mask: jax.Array, x: jax.Array, *, metric: str) -> jax.Array:
   return m.astype(x.dtype)
 
 
-def zeroed(mask: jax.Array, *arrays: jax.Array) -> list[jax.Array]:
-  """Each array with 0 where `mask` is 0 (a `where`, so NaN there is gone, gradient included)."""
-  return [jnp.where(mask > 0, a, 0.0) for a in arrays]
+def zeroed(mask: jax.Array, x: jax.Array) -> jax.Array:
+  """`x` with 0 where `mask` is 0 (a `where`, so NaN there is gone, gradient included)."""
+  return jnp.where(mask > 0, x, 0.0)
 
 
 def ratio(numerator: jax.Array, denominator: jax.Array, *, empty: float) -> jax.Array:
@@ -65,9 +65,11 @@ def weighted_mean(values: jax.Array, weights: jax.Array, axis, *, empty: float) 
   return ratio(jnp.sum(weights * values, axis=axis), jnp.sum(weights, axis=axis), empty=empty)
 
 
-def normalised_pool(pool, mask: jax.Array, *arrays: jax.Array) -> list[jax.Array]:
-  """A linear pooling `pool` applied as normalised convolution: the pooled mask, then each array's
-  mask-weighted mean over the pooled window, `pool(m a) / pool(m)` (0 where the window has no
-  weight). Pixels of weight 0, and padding the pooling adds, take no part."""
+def normalised_pool(
+  mask: jax.Array, x: jax.Array, y: jax.Array, *, pool
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """A linear pooling `pool` applied as normalised convolution to a pair: the pooled mask, and x's
+  and y's mask-weighted means over each pooled window, `pool(m x) / pool(m)` (0 where the window
+  has no weight). Pixels of weight 0, and padding the pooling adds, take no part."""
   pooled = pool(mask)
-  return [pooled, *(ratio(pool(mask * a), pooled, empty=0.0) for a in arrays)]
+  return pooled, ratio(pool(mask * x), pooled, empty=0.0), ratio(pool(mask * y), pooled, empty=0.0)

@@ -55,7 +55,7 @@ def _mean(error, x, y, mask, metric):
   if mask is None:
     return jnp.mean(error(x - y), axis=axes)
   m = masks.checked(mask, x, metric=metric)
-  (d,) = masks.zeroed(m, x - y)
+  d = masks.zeroed(m, x - y)
   return masks.weighted_mean(error(d), m, axes, empty=0.0)
 
 

@@ -359,7 +359,7 @@ def _pooled(x, y, mask, odd):
   pool = functools.partial(filters.avg_pool, factor=2, odd=odd)
   if mask is None:
     return pool(x), pool(y), None
-  mask, x, y = masks.normalised_pool(pool, mask, x, y)
+  mask, x, y = masks.normalised_pool(mask, x, y, pool=pool)
   return x, y, mask
 
 
@@ -441,7 +441,7 @@ def _checked_mask(mask, x, metric: str, sample_covariance: bool):
 
 def _masked_out(x, y, mask):
   """`x`, `y` with 0 at weight-0 pixels (`masks.zeroed`); unchanged without a mask."""
-  return (x, y) if mask is None else tuple(masks.zeroed(mask, x, y))
+  return (x, y) if mask is None else (masks.zeroed(mask, x), masks.zeroed(mask, y))
 
 
 def _masked_mean(values, weights):
